@@ -1,0 +1,1 @@
+"""pcv.bench: latency/throughput of pcv against its baselines."""

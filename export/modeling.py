@@ -1,0 +1,180 @@
+"""Load or build a PerceiverForSequenceClassification, and the patch initialisation.
+
+Weights load from safetensors only; pickle checkpoints (.bin) are refused unless the caller opts
+in, because unpickling a file from elsewhere can run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PerceiverConfig, PerceiverForSequenceClassification
+
+from pcv.runtime.errors import ModelError
+
+IMDB_LABELS = {0: "neg", 1: "pos"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSize:
+    num_latents: int = 256  # latents = the bottleneck; 2048 bytes / 256 latents = 8-byte patches
+    d_latents: int = 256  # width of the latent stream (self-attention)
+    d_model: int = 256  # width of byte + position embeddings
+    num_layers: int = 6  # latent self-attention layers
+    self_heads: int = 8
+    cross_heads: int = 8  # with the patch init, one head per byte of a patch
+    max_length: int = 2048  # position embeddings = longest input in bytes (with specials)
+    qk_channels: int | None = None  # None = transformers' default (d_latents)
+    v_channels: int | None = None
+    cross_widening: int = 1  # MLP width after the cross-attention, in multiples of d_latents
+    self_widening: int = 1  # MLP width in the latent self-attention layers
+
+
+def build_config(size: ModelSize, id2label: dict[int, str] | None = None) -> PerceiverConfig:
+    id2label = id2label or IMDB_LABELS
+    return PerceiverConfig(
+        num_latents=size.num_latents,
+        d_latents=size.d_latents,
+        d_model=size.d_model,
+        num_blocks=1,
+        num_self_attends_per_block=size.num_layers,
+        num_self_attention_heads=size.self_heads,
+        num_cross_attention_heads=size.cross_heads,
+        qk_channels=size.qk_channels,
+        v_channels=size.v_channels,
+        max_position_embeddings=size.max_length,
+        cross_attention_widening_factor=size.cross_widening,
+        self_attention_widening_factor=size.self_widening,
+        vocab_size=262,
+        num_labels=len(id2label),
+        id2label={int(k): v for k, v in id2label.items()},
+        label2id={v: int(k) for k, v in id2label.items()},
+    )
+
+
+def _is_local(model: str) -> bool:
+    return Path(model).exists() or model.startswith((".", "/", "~")) or os.sep in model and Path(model).parent.exists()
+
+
+def load_classifier(model: str, *, allow_pickle: bool = False) -> PerceiverForSequenceClassification:
+    """Load a classifier from a local HF dir or a hub id (safetensors only unless allow_pickle).
+
+    >>> m = load_classifier("models/imdb-perceiver")  # doctest: +SKIP
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: no config.json; a model dir needs config.json and model.safetensors")
+        has_st = any(path.glob("*.safetensors"))
+        has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
+        if not has_st and has_pickle and not allow_pickle:
+            raise ModelError(
+                f"{path}: only a pickle checkpoint (.bin/.pt) is there, and unpickling can run code; "
+                "convert it to safetensors, or pass --allow-pickle if you trust the file"
+            )
+        if not has_st and not has_pickle:
+            raise ModelError(f"{path}: no model.safetensors in the model dir")
+        try:
+            m = PerceiverForSequenceClassification.from_pretrained(path, use_safetensors=has_st or not allow_pickle)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ModelError(f"{path}: cannot load the model: {e}") from e
+        return m.eval()
+    if path.suffix in (".onnx", ".safetensors", ".bin") or _is_local(model):
+        raise ModelError(f"{model}: no such model dir (give an HF model dir or a hub id)")
+    try:
+        m = PerceiverForSequenceClassification.from_pretrained(model, use_safetensors=not allow_pickle or None)
+    except OSError as e:
+        raise ModelError(
+            f"{model}: cannot load it from the Hugging Face Hub ({str(e).splitlines()[0]}). "
+            "If this machine is offline, download the model elsewhere and pass its local dir "
+            "(config.json + model.safetensors)"
+        ) from e
+    return m.eval()
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over the state dict (names, shapes, bytes): the source identity stored in ONNX metadata."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _sinusoids(positions: torch.Tensor, num_freqs: int, min_period: float, max_period: float) -> torch.Tensor:
+    # (P,) -> (P, 2 * num_freqs): [cos(w p), sin(w p)] at geometric frequencies
+    periods = torch.logspace(math.log10(min_period), math.log10(max_period), num_freqs)
+    angles = positions[:, None].float() * (2 * math.pi / periods)[None, :]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+@torch.no_grad()
+def patch_init(model: PerceiverForSequenceClassification, *, sharpness: float = 12.0) -> None:
+    """Start the cross-attention as a byte-patch embedding.
+
+    Latent i, cross-attention head h attends to byte i * W + h (W = max_length / num_latents), so
+    each latent starts as a learned linear map of one W-byte patch and the latent self-attention
+    starts as a transformer over patches. With the default init the cross-attention is uniform:
+    every latent holds the review's average byte and the classifier gets almost no gradient
+    (DESIGN.md). Position channels live in the first half of d_model, byte channels in the second,
+    so keys start content-free and training can add content later.
+    """
+    cfg = model.config
+    heads = cfg.num_cross_attention_heads
+    attn = model.perceiver.encoder.cross_attention.attention.self
+    qk = attn.qk_channels
+    per_head = qk // heads
+    d_model, d_lat = cfg.d_model, cfg.d_latents
+    n_freq = per_head // 2
+    if d_model < 2 * per_head or d_lat < per_head:
+        raise ValueError(f"patch_init needs d_model >= {2 * per_head} and d_latents >= {per_head}")
+    window = cfg.max_position_embeddings / cfg.num_latents
+    enc = lambda p: _sinusoids(p, n_freq, 2.0, 2.0 * cfg.max_position_embeddings)  # noqa: E731
+
+    emb = model.perceiver.input_preprocessor
+    pos = torch.zeros(cfg.max_position_embeddings, d_model)
+    pos[:, :per_head] = enc(torch.arange(cfg.max_position_embeddings))  # (L, per_head)
+    emb.position_embeddings.weight.copy_(pos)
+    byte = torch.zeros(cfg.vocab_size, d_model)
+    byte[:, d_model // 2 :] = torch.randn(cfg.vocab_size, d_model - d_model // 2) * math.sqrt(per_head / (d_model // 2))
+    emb.embeddings.weight.copy_(byte)
+
+    latents = torch.randn(cfg.num_latents, d_lat) * 0.1
+    starts = torch.arange(cfg.num_latents) * window
+    latents[:, :per_head] = enc(starts)
+    model.perceiver.embeddings.latents.copy_(latents)
+
+    # Query of head h = rotation of the latent's start encoding by h positions, scaled.
+    periods = torch.logspace(math.log10(2.0), math.log10(2.0 * cfg.max_position_embeddings), n_freq)
+    omega = 2 * math.pi / periods
+    # LayerNorm shrinks/grows vectors: rescale by the norms the encodings will have after it.
+    lat_scale = float(torch.nn.functional.layer_norm(latents, (d_lat,))[:, :per_head].norm(dim=1).mean() / latents[:, :per_head].norm(dim=1).mean())
+    x = emb.embeddings.weight[10:200].mean(0) * 0 + pos[:1]  # position part only, for scale
+    kv = pos[:64] + byte[100:164]
+    kv_scale = float(torch.nn.functional.layer_norm(kv, (d_model,))[:, :per_head].norm(dim=1).mean() / kv[:, :per_head].norm(dim=1).mean())
+    del x
+    wq = torch.zeros(qk, d_lat)
+    wk = torch.zeros(qk, d_model)
+    for h in range(heads):
+        c, s = torch.cos(omega * h), torch.sin(omega * h)
+        rot = torch.zeros(per_head, per_head)
+        # enc(p + h): cos' = c cos - s sin; sin' = s cos + c sin
+        idx = torch.arange(n_freq)
+        rot[idx, idx] = c
+        rot[idx, idx + n_freq] = -s
+        rot[idx + n_freq, idx] = s
+        rot[idx + n_freq, idx + n_freq] = c
+        wq[h * per_head : (h + 1) * per_head, :per_head] = rot / lat_scale
+        wk[h * per_head : (h + 1) * per_head, :per_head] = torch.eye(per_head) / kv_scale
+    # logits = q.k / sqrt(per_head): peak n_freq at the target byte; sharpness sets the softmax.
+    scale = sharpness * math.sqrt(per_head) / n_freq
+    attn.query.weight.copy_(wq * math.sqrt(scale))
+    attn.key.weight.copy_(wk * math.sqrt(scale))
+    attn.query.bias.zero_()
+    attn.key.bias.zero_()

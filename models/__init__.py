@@ -1,0 +1,1 @@
+"""pcv.models: the bundled default model (package data)."""

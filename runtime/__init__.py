@@ -1,0 +1,17 @@
+"""pcv.runtime: numpy + onnxruntime only (never imports torch)."""
+
+from .errors import InputError, ModelError, PcvError, ProviderError
+from .readers import ReaderConfig, Record, read_records
+from .tokenizer import Encoding, PerceiverByteTokenizer
+
+__all__ = [
+    "Encoding",
+    "InputError",
+    "ModelError",
+    "PcvError",
+    "PerceiverByteTokenizer",
+    "ProviderError",
+    "ReaderConfig",
+    "Record",
+    "read_records",
+]

@@ -1,0 +1,138 @@
+"""pcv-batch: classify whole files of reviews with an ONNX Perceiver model."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from collections.abc import Iterator
+
+from .batching import BatchPlan
+from .errors import PcvError
+from .pipeline import PipelineConfig, Result, classify_records
+from .readers import ReaderConfig, Record, read_records
+from .session import OnnxClassifier, SessionConfig, resolve_model
+from .writer import LazyFile, error_line, prediction_line
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+EPILOG = """examples:
+  pcv-batch examples/reviews.jsonl                      # bundled model, predictions to stdout
+  pcv-batch reviews.csv.gz -o preds.jsonl --text-field review
+  cat reviews.txt | pcv-batch - --format txt --model my.onnx --provider cuda
+
+exit status: 0 every record classified; 1 some records failed (see the errors file), the rest
+were classified; 2 nothing could run (bad option, unreadable input, unusable model or provider);
+130 interrupted."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pcv-batch", description="Classify reviews in JSONL, CSV or text files.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL/CSV/TXT files (.gz ok), or - for stdin")
+    p.add_argument("-o", "--output", default="-", help="predictions JSONL (default: stdout)")
+    p.add_argument("--errors", help="errors JSONL (default: OUTPUT.errors.jsonl, or pcv-errors.jsonl for stdout)")
+    p.add_argument("--model", help="an .onnx file or a dir holding model.onnx (default: the bundled IMDB model)")
+    p.add_argument("--provider", default="auto", help="auto | cpu | cuda | tensorrt (default: auto)")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, default=65_536, help="padded tokens per session.run")
+    p.add_argument("--window", type=int, default=4096, help="records length-sorted together")
+    p.add_argument("--format", choices=["jsonl", "csv", "txt"], help="input format (default: from the suffix; stdin: jsonl)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--id-field", default="id")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _all_records(inputs: list[str], rc: ReaderConfig) -> Iterator[tuple[str, Record]]:
+    for path in inputs:
+        for rec in read_records(path, rc):
+            yield path, rec
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except PcvError as e:
+        print(f"pcv-batch: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("pcv-batch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    if args.batch_size < 1 or args.max_tokens < 1 or args.window < 1:
+        raise PcvError("--batch-size, --max-tokens and --window must be positive")
+    if args.inputs.count("-") > 1:
+        raise PcvError("stdin (-) can be given once")
+    from .readers import detect_format
+
+    for path in args.inputs:  # fail early on a missing file or unknown format, before loading the model
+        detect_format(path, args.format)
+        if path != "-":
+            import os
+
+            if not os.path.isfile(path):
+                raise PcvError(f"{path}: no such file")
+    model_path = resolve_model(args.model)
+    clf = OnnxClassifier(model_path, SessionConfig(provider=args.provider, threads=args.threads))
+    info = clf.info
+    print(f"pcv-batch: model {model_path} (variant {info.variant}, max_length {info.max_length}), "
+          f"provider {clf.provider}" + (" (picked by auto)" if args.provider == "auto" else ""), file=sys.stderr)
+    if info.defaults:
+        print(f"pcv-batch: model has no pcv metadata for {', '.join(info.defaults)}; using defaults", file=sys.stderr)
+
+    rc = ReaderConfig(text_field=args.text_field, id_field=args.id_field or None, format=args.format)
+    errors_path = args.errors or (f"{args.output}.errors.jsonl" if args.output != "-" else "pcv-errors.jsonl")
+    out = LazyFile(args.output)
+    err = LazyFile(errors_path)
+    multi = len(args.inputs) > 1
+    pairs = _all_records(args.inputs, rc)
+    # The pipeline sees plain records; the source path travels in a parallel queue of the same order.
+    sources: list[str] = []
+
+    def records() -> Iterator[Record]:
+        for src, rec in pairs:
+            sources.append(src)
+            yield rec
+
+    show = not args.quiet and sys.stderr.isatty()
+    n_ok = n_bad = n_trunc = 0
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="rec", file=sys.stderr, desc="pcv-batch", mininterval=0.5)
+    cfg = PipelineConfig(plan=BatchPlan(batch_size=args.batch_size, max_tokens=args.max_tokens), window=args.window)
+    try:
+        for k, res in enumerate(classify_records(records(), clf, cfg)):
+            src = sources[k]
+            if res.probs is None:
+                n_bad += 1
+                err.write_line(error_line(res, src))
+            else:
+                n_ok += 1
+                n_trunc += res.truncated
+                out.write_line(prediction_line(res, info.id2label, src if multi else None))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        out.close()
+        err.close()
+    dt = time.perf_counter() - t0
+    rate = n_ok / dt if dt > 0 else 0.0
+    msg = (f"pcv-batch: classified {n_ok}, failed {n_bad}, truncated {n_trunc} (longer than {info.max_length} "
+           f"tokens) in {dt:.1f}s ({rate:.1f} records/s)")
+    if n_bad:
+        msg += f"; errors in {errors_path}"
+    print(msg, file=sys.stderr)
+    return EXIT_SOME_FAILED if n_bad else EXIT_OK

@@ -1,0 +1,17 @@
+"""The one exception family of pcv. CLIs print the message (no traceback) and exit non-zero."""
+
+
+class PcvError(Exception):
+    """Base of every error pcv raises on purpose; the message says what to do."""
+
+
+class InputError(PcvError):
+    """An input file cannot be read at all (missing, unknown format, wrong field names)."""
+
+
+class ModelError(PcvError):
+    """A model file or directory cannot be used (missing, corrupt, untrusted, wrong contract)."""
+
+
+class ProviderError(PcvError):
+    """An execution provider that was asked for is not available."""

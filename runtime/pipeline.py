@@ -1,0 +1,113 @@
+"""The batch classifier: records -> windows -> tokenize + plan (thread) -> session.run -> results.
+
+Stages are connected by a bounded queue: while onnxruntime runs one window (it releases the GIL),
+a producer thread reads and tokenizes the next. Results come out in input order.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+
+import numpy as np
+import numpy.typing as npt
+
+from .batching import BatchPlan, plan_batches
+from .readers import Record
+from .session import OnnxClassifier, softmax
+from .tokenizer import PerceiverByteTokenizer
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    plan: BatchPlan = field(default_factory=BatchPlan)
+    window: int = 4096  # records length-sorted together: bounds memory and the reorder buffer
+    prefetch: int = 2  # windows prepared ahead of the session
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    record: Record
+    probs: npt.NDArray[np.float32] | None  # (C,) or None when the record is bad
+    truncated: bool = False
+
+
+@dataclass
+class _Window:
+    records: list[Record]
+    good: list[int]  # positions in `records` with text
+    batches: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]]  # (idx, ids, mask)
+    truncated: npt.NDArray[np.bool_]  # (len(good),)
+
+
+def _prepare(records: list[Record], tok: PerceiverByteTokenizer, max_length: int, plan: BatchPlan) -> _Window:
+    good = [i for i, r in enumerate(records) if r.text is not None]
+    texts = [records[i].text for i in good]
+    byte_lengths = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))  # type: ignore[union-attr]
+    lengths = np.minimum(byte_lengths + 2, max_length)
+    batches = []
+    truncated = np.zeros(len(texts), dtype=bool)
+    for idx in plan_batches(lengths, plan):
+        enc = tok([texts[i] for i in idx], max_length=max_length, truncation=True, padding="longest")  # type: ignore[misc]
+        # a text is truncated when it had more bytes (with specials) than max_length allows
+        truncated[idx] = byte_lengths[idx] + 2 > max_length
+        batches.append((idx, enc.input_ids, enc.attention_mask))
+    return _Window(records, good, batches, truncated)
+
+
+def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: PipelineConfig = PipelineConfig()) -> Iterator[Result]:
+    """Classify a stream of records; yields one Result per record, in input order.
+
+    >>> for res in classify_records(read_records("reviews.jsonl"), OnnxClassifier(path)):  # doctest: +SKIP
+    ...     print(res.record.id, res.probs)
+    """
+    tok = PerceiverByteTokenizer(model_max_length=clf.info.max_length)
+    q: queue.Queue = queue.Queue(maxsize=cfg.prefetch)
+    stop = threading.Event()
+    _DONE = object()
+
+    def produce() -> None:
+        try:
+            it = iter(records)
+            while not stop.is_set():
+                chunk = list(islice(it, cfg.window))
+                if not chunk:
+                    break
+                item = _prepare(chunk, tok, clf.info.max_length, cfg.plan)
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:  # hand reader errors to the consumer, which re-raises them
+            q.put(e)
+            return
+        q.put(_DONE)
+
+    worker = threading.Thread(target=produce, name="pcv-prepare", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            probs = np.zeros((len(item.good), len(clf.info.id2label)), dtype=np.float32)
+            for idx, ids, mask in item.batches:
+                probs[idx] = softmax(clf.logits(ids, mask))
+            slot = {pos: k for k, pos in enumerate(item.good)}
+            for pos, rec in enumerate(item.records):
+                k = slot.get(pos)
+                yield Result(rec, None if k is None else probs[k], bool(k is not None and item.truncated[k]))
+    finally:
+        stop.set()
+        while worker.is_alive():  # drain so the producer can finish
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)

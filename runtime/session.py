@@ -1,0 +1,173 @@
+"""ONNX model resolution, metadata and execution providers (a table, never a silent fallback)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import ModelError, ProviderError
+from .tokenizer import DEFAULT_MAX_LENGTH
+
+# pcv name -> ONNX Runtime provider. "auto" tries AUTO_ORDER and says which it took.
+PROVIDERS: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+# TensorRT is never picked by auto: its first run builds engines for minutes. Ask for it.
+AUTO_ORDER = ("cuda", "cpu")
+DEFAULT_MODEL = "imdb-perceiver"
+MAX_ONNX_BYTES = 8 * 2**30  # refuse absurd files before onnxruntime tries to map them
+
+
+def default_model_path() -> Path:
+    """The bundled model (package data of pcv.models), found from any working directory."""
+    return Path(str(resources.files("pcv.models") / DEFAULT_MODEL / "model.onnx"))
+
+
+def resolve_model(model: str | None) -> Path:
+    if model is None:
+        path = default_model_path()
+        if not path.is_file():
+            raise ModelError(f"the bundled model is missing at {path}; reinstall pcv or pass --model")
+        return path
+    path = Path(model).expanduser()
+    if path.is_dir():
+        onnx_files = sorted(path.glob("*.onnx"))
+        if (path / "model.onnx").is_file():
+            return path / "model.onnx"
+        if len(onnx_files) == 1:
+            return onnx_files[0]
+        if not onnx_files:
+            raise ModelError(f"{path}: no .onnx file in this dir; export one with: pcv-export {path} {path}/model.onnx")
+        raise ModelError(f"{path}: several .onnx files ({', '.join(p.name for p in onnx_files)}); pass one of them")
+    if not path.is_file():
+        raise ModelError(f"{model}: no such model file or dir")
+    return path
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    id2label: dict[int, str]
+    max_length: int
+    variant: str
+    input_names: tuple[str, str]  # (ids, mask) as named in the graph
+    defaults: tuple[str, ...] = field(default=())  # metadata that was missing and defaulted
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionConfig:
+    provider: str = "auto"  # auto | cpu | cuda | tensorrt
+    threads: int | None = None  # intra-op threads; None = onnxruntime's choice (all cores)
+    trt_cache_dir: str | None = None  # TensorRT engine cache
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    return [name for name, ep in PROVIDERS.items() if ep in have]
+
+
+def pick_provider(requested: str) -> str:
+    """Return the pcv provider name to use; an explicit provider that is missing is an error."""
+    have = available_providers()
+    if requested == "auto":
+        for name in AUTO_ORDER:
+            if name in have:
+                return name
+        raise ProviderError(f"no usable execution provider (available: {have})")
+    if requested not in PROVIDERS:
+        raise ProviderError(f"provider {requested!r} is unknown: use auto, {', '.join(PROVIDERS)}")
+    if requested not in have:
+        hint = " (install onnxruntime-gpu: pip install 'pcv[gpu]')" if requested != "cpu" else ""
+        raise ProviderError(f"provider {requested!r} is not available here (available: {', '.join(have)}){hint}")
+    return requested
+
+
+class OnnxClassifier:
+    """An onnxruntime session over a pcv ONNX model: logits for tokenized batches.
+
+    >>> clf = OnnxClassifier(default_model_path())  # doctest: +SKIP
+    >>> clf.logits(ids, mask).shape  # doctest: +SKIP
+    (8, 2)
+    """
+
+    def __init__(self, path: str | Path, cfg: SessionConfig = SessionConfig()) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            raise ModelError(f"{path}: cannot read the model ({e})") from e
+        if size > MAX_ONNX_BYTES:
+            raise ModelError(f"{path}: {size / 2**30:.1f} GiB is larger than any pcv model; refusing to load it")
+        self.provider = pick_provider(cfg.provider)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if cfg.threads:
+            opts.intra_op_num_threads = cfg.threads
+        opts.log_severity_level = 3
+        providers: list = [PROVIDERS[self.provider]]
+        if self.provider == "tensorrt":
+            trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": cfg.trt_cache_dir or str(path.parent / "trt_cache")}
+            providers = [("TensorrtExecutionProvider", trt), "CUDAExecutionProvider", "CPUExecutionProvider"]
+        elif self.provider == "cuda":
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise ModelError(f"{path}: onnxruntime cannot load this model: {str(e).splitlines()[0][:300]}") from e
+        self.info = _read_info(path, self.session)
+
+    def logits(self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        ids_name, mask_name = self.info.input_names
+        return self.session.run(None, {ids_name: input_ids, mask_name: attention_mask})[0]  # (B, C)
+
+
+def _read_info(path: Path, session) -> ModelInfo:
+    meta = session.get_modelmeta().custom_metadata_map
+    inputs = session.get_inputs()
+    if len(inputs) != 2:
+        raise ModelError(f"{path}: expected 2 inputs (input_ids, attention_mask), got {[i.name for i in inputs]}")
+    names = [i.name for i in inputs]
+    # Older exports call the ids input "inputs": take the one that is not the mask.
+    mask_name = next((n for n in names if "mask" in n), names[1])
+    ids_name = next(n for n in names if n != mask_name)
+    defaults: list[str] = []
+    n_out = session.get_outputs()[0].shape[-1]
+    try:
+        id2label = {int(k): v for k, v in json.loads(meta["pcv.id2label"]).items()}
+    except KeyError:
+        n = n_out if isinstance(n_out, int) else 2
+        id2label = {i: f"LABEL_{i}" for i in range(n)}
+        defaults.append(f"labels {list(id2label.values())}")
+    except (ValueError, AttributeError) as e:
+        raise ModelError(f"{path}: metadata pcv.id2label is not a JSON object of id -> name ({e})") from e
+    try:
+        max_length = int(meta.get("pcv.max_length", DEFAULT_MAX_LENGTH))
+    except ValueError as e:
+        raise ModelError(f"{path}: metadata pcv.max_length is not an integer") from e
+    if "pcv.max_length" not in meta:
+        defaults.append(f"max_length {DEFAULT_MAX_LENGTH}")
+    if not 2 < max_length <= 1 << 20:
+        raise ModelError(f"{path}: metadata pcv.max_length={max_length} is out of range")
+    return ModelInfo(path, id2label, max_length, meta.get("pcv.variant", "unknown"), (ids_name, mask_name), tuple(defaults))
+
+
+def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
