@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny Perceiver models built in the test, real review samples, CLI runner."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_IMDB = ROOT.parent / "shared" / "data" / "imdb" / "train.jsonl.gz"
+FIXTURE = Path(__file__).parent / "fixtures" / "reviews.jsonl"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
+
+
+def _load_reviews(limit: int) -> list[dict]:
+    if SHARED_IMDB.is_file():
+        rows = []
+        with gzip.open(SHARED_IMDB, "rt", encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if i % 97 == 0:  # spread over both labels (the file is sorted by label)
+                    rows.append(json.loads(line))
+                if len(rows) >= limit:
+                    break
+        return rows
+    return [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines()][:limit]
+
+
+@pytest.fixture(scope="session")
+def reviews() -> list[dict]:
+    """Real labelled IMDB reviews: from ../shared when present, else the fixture in the repo."""
+    return _load_reviews(200)
+
+
+@pytest.fixture(scope="session")
+def review_texts(reviews) -> list[str]:
+    return [r["text"] for r in reviews]
+
+
+def tiny_model(*, num_latents: int = 16, d: int = 32, layers: int = 1, max_length: int = 256, seed: int = 0,
+               qk_channels: int | None = None, v_channels: int | None = None):
+    torch = pytest.importorskip("torch")
+    from transformers import PerceiverForSequenceClassification
+
+    from pcv.export.modeling import ModelSize, build_config
+
+    torch.manual_seed(seed)
+    size = ModelSize(num_latents=num_latents, d_latents=d, d_model=d, num_layers=layers, self_heads=2,
+                     cross_heads=2, max_length=max_length, qk_channels=qk_channels, v_channels=v_channels)
+    return PerceiverForSequenceClassification(build_config(size)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny HF model dir (config.json + model.safetensors) and its verified ONNX export."""
+    from pcv.export.onnx_export import ExportConfig, export_onnx
+
+    d = tmp_path_factory.mktemp("tiny")
+    m = tiny_model()
+    m.save_pretrained(d, safe_serialization=True)
+    export_onnx(m, d / "model.onnx", ExportConfig())
+    return d

@@ -1,0 +1,102 @@
+"""pcv-batch end to end on a tiny exported model and on the bundled model."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from pcv.runtime import PerceiverByteTokenizer
+from pcv.runtime.cli import main
+from pcv.runtime.session import OnnxClassifier, default_model_path, softmax
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def _read(path):
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def test_predictions_in_input_order_match_direct_session(tmp_path, tiny_dir, review_texts):
+    texts = review_texts[:120]
+    src = _jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "text": t} for i, t in enumerate(texts)])
+    out = tmp_path / "out.jsonl"
+    # small window and batch so that sorting and reordering really happen
+    rc = main([src, "-o", str(out), "--model", str(tiny_dir), "--batch-size", "7", "--window", "50", "-q"])
+    assert rc == 0
+    got = _read(out)
+    assert [g["id"] for g in got] == [f"r{i}" for i in range(len(texts))]
+    clf = OnnxClassifier(tiny_dir / "model.onnx")
+    enc = PerceiverByteTokenizer()(texts[:5], max_length=256, truncation=True, padding="longest")
+    want = softmax(clf.logits(enc.input_ids, enc.attention_mask))
+    for g, w in zip(got[:5], want):
+        np.testing.assert_allclose([g["probs"]["neg"], g["probs"]["pos"]], w, atol=1e-5)
+        assert g["label"] == ["neg", "pos"][int(np.argmax(w))]
+    assert sum(bool(g.get("truncated")) for g in got) == sum(len(t.encode()) + 2 > 256 for t in texts)
+
+
+def test_bad_records_go_to_errors_file_and_rest_is_classified(tmp_path, tiny_dir, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"text": "fine"}\n{broken\n{"text": null}\n{"text": "\xff"}\n{"id": 9, "text": "also fine"}\n')
+    out = tmp_path / "out.jsonl"
+    rc = main([str(src), "-o", str(out), "--model", str(tiny_dir), "-q"])
+    assert rc == 1
+    assert [g["id"] for g in _read(out)] == [1, 9]
+    errs = _read(str(out) + ".errors.jsonl")
+    assert [(e["line"], e["input"]) for e in errs] == [(2, str(src)), (3, str(src)), (4, str(src))]
+    assert "invalid JSON" in errs[0]["error"] and "NoneType" in errs[1]["error"] and "UTF-8" in errs[2]["error"]
+    err = capsys.readouterr().err
+    assert "classified 2, failed 3" in err
+
+
+def test_formats_gz_csv_txt_and_stdin(tmp_path, tiny_dir, monkeypatch, capsys):
+    gz = tmp_path / "a.jsonl.gz"
+    gz.write_bytes(gzip.compress(b'{"text": "one"}\n'))
+    csv = tmp_path / "b.csv"
+    csv.write_text('id,review\nx,"two\nlines"\n', encoding="utf-8")
+    txt = tmp_path / "c.txt"
+    txt.write_text("three\nfour\n", encoding="utf-8")
+    out = tmp_path / "o.jsonl"
+    assert main([str(gz), str(txt), "-o", str(out), "--model", str(tiny_dir), "-q"]) == 0
+    got = _read(out)
+    assert [(g["input"], g["id"]) for g in got] == [(str(gz), 1), (str(txt), 1), (str(txt), 2)]
+    assert main([str(csv), "-o", str(out), "--model", str(tiny_dir), "--text-field", "review", "-q"]) == 0
+    assert [g["id"] for g in _read(out)] == ["x"]
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"stdin review\n")))
+    assert main(["-", "--format", "txt", "--model", str(tiny_dir), "-q"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["id"] == 1
+
+
+def test_usage_errors_exit_2(tmp_path, tiny_dir, capsys):
+    assert main([str(tmp_path / "missing.jsonl"), "--model", str(tiny_dir)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    src = _jsonl(tmp_path / "in.jsonl", [{"text": "x"}])
+    assert main([src, "--model", str(tmp_path / "nomodel.onnx")]) == 2
+    assert main([src, "--model", str(tiny_dir), "--provider", "cuda"]) == 2
+    assert "not available" in capsys.readouterr().err
+    assert main([src, "--model", str(tiny_dir), "--provider", "tpu"]) == 2
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    assert main([src, "--model", str(bad)]) == 2
+    assert "cannot load" in capsys.readouterr().err
+
+
+def test_bundled_model_classifies_examples(tmp_path, capsys):
+    from pathlib import Path
+
+    assert default_model_path().is_file()
+    examples = Path(__file__).resolve().parents[1] / "examples" / "reviews.jsonl"
+    out = tmp_path / "o.jsonl"
+    assert main([str(examples), "-o", str(out), "-q"]) == 0
+    got = _read(out)
+    assert len(got) == len(examples.read_text().splitlines())
+    assert all(g["label"] in ("neg", "pos") and abs(sum(g["probs"].values()) - 1) < 1e-4 for g in got)
+    assert "provider cpu (picked by auto)" in capsys.readouterr().err

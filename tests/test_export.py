@@ -1,0 +1,96 @@
+"""Export parity on tiny in-test models (several sizes and lengths), metadata, and refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import tiny_model
+from pcv.export.modeling import load_classifier
+from pcv.export.onnx_export import ExportConfig, export_onnx, verify_onnx
+from pcv.runtime import ModelError, PcvError
+from pcv.runtime.session import OnnxClassifier
+
+SIZES = {
+    "1layer-16lat": dict(num_latents=16, d=32, layers=1, max_length=128),
+    "2layer-32lat": dict(num_latents=32, d=64, layers=2, max_length=512),
+    "qk-channels": dict(num_latents=8, d=32, layers=1, max_length=256, qk_channels=16, v_channels=32),
+}
+
+
+@pytest.mark.parametrize("size", list(SIZES), ids=list(SIZES))
+def test_export_matches_torch(tmp_path, review_texts, size):
+    m = tiny_model(**SIZES[size])
+    out = tmp_path / "m.onnx"
+    report = export_onnx(m, out, ExportConfig(verify_texts=tuple(review_texts[:16])))
+    assert report is not None and report.ok(1e-4)
+    ml = SIZES[size]["max_length"]
+    assert {c["seq"] for c in report.cases} == {8, min(130, ml), ml}
+    assert {c["batch"] for c in report.cases} == {1, 3, 8}
+
+
+def test_metadata_and_contract(tmp_path):
+    m = tiny_model()
+    out = tmp_path / "m.onnx"
+    export_onnx(m, out, ExportConfig(verify=False))
+    proto = onnx.load(str(out))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["pcv.id2label"]) == {"0": "neg", "1": "pos"}
+    assert meta["pcv.max_length"] == "256" and meta["pcv.variant"] == "fp32"
+    assert len(meta["pcv.source_sha256"]) == 64 and meta["pcv.tokenizer"] == "perceiver-bytes"
+    ins = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
+    assert ins == {"input_ids": ["batch", "seq"], "attention_mask": ["batch", "seq"]}
+    clf = OnnxClassifier(out)
+    assert clf.info.id2label == {0: "neg", 1: "pos"} and clf.info.max_length == 256
+
+
+def test_verification_catches_a_wrong_graph(tmp_path):
+    a, b = tiny_model(seed=0), tiny_model(seed=1)
+    out = tmp_path / "a.onnx"
+    export_onnx(a, out, ExportConfig(verify=False))
+    report = verify_onnx(b, out, max_length=256, texts=["some text"] * 4)
+    assert not report.ok(1e-4)
+
+
+def test_eval_mode_is_kept(tmp_path):
+    m = tiny_model()
+    m.train()  # export must not be affected by dropout, and must leave the model in eval mode
+    export_onnx(m, tmp_path / "m.onnx", ExportConfig())
+    assert not m.training
+
+
+def test_pickle_only_dir_is_refused(tmp_path):
+    m = tiny_model()
+    m.save_pretrained(tmp_path, safe_serialization=False)
+    assert list(tmp_path.glob("*.bin"))
+    with pytest.raises(ModelError, match="pickle"):
+        load_classifier(str(tmp_path))
+
+
+def test_missing_dir_and_offline_hub_id_give_clear_errors(tmp_path):
+    with pytest.raises(ModelError, match="no such model dir"):
+        load_classifier(str(tmp_path / "nope"))
+    with pytest.raises(ModelError, match="local dir"):
+        load_classifier("deepmind/language-perceiver-not-cached")
+
+
+def test_safetensors_roundtrip(tmp_path):
+    m = tiny_model()
+    m.save_pretrained(tmp_path, safe_serialization=True)
+    back = load_classifier(str(tmp_path))
+    x = torch.randint(6, 262, (2, 40))
+    with torch.no_grad():
+        np.testing.assert_allclose(m(inputs=x).logits.numpy(), back(inputs=x).logits.numpy(), atol=1e-6)
+
+
+def test_export_cli(tmp_path, tiny_dir, capsys):
+    from pcv.export.cli import export_main
+
+    assert export_main([str(tiny_dir), str(tmp_path / "cli.onnx")]) == 0
+    assert "label agreement 100.0%" in capsys.readouterr().out
+    assert export_main([str(tmp_path / "missing"), str(tmp_path / "x.onnx")]) == 2
+    assert "no such model dir" in capsys.readouterr().err

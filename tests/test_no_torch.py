@@ -1,0 +1,37 @@
+"""pcv.runtime and pcv-batch must work where torch (and transformers) cannot be imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+BLOCK = (
+    "import sys\n"
+    "class _Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] in ('torch', 'transformers'):\n"
+    "            raise ImportError(f'{name} is blocked in this test')\n"
+    "sys.meta_path.insert(0, _Block())\n"
+)
+
+
+def test_runtime_imports_and_classifies_without_torch(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "a lovely film"}\n{"text": "awful"}\n')
+    out = tmp_path / "out.jsonl"
+    code = BLOCK + (
+        "import pcv.runtime\n"
+        "from pcv.runtime.cli import main\n"
+        f"rc = main([{str(src)!r}, '-o', {str(out)!r}, '-q'])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "sys.exit(rc)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["label"] in ("neg", "pos") for line in out.read_text().splitlines()] == [True, True]
+
+
+def test_blocking_works():
+    r = subprocess.run([sys.executable, "-c", BLOCK + "import torch"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "blocked" in r.stderr
