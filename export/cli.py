@@ -105,6 +105,13 @@ def export_main(argv: list[str] | None = None) -> int:
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |Δlogit| accepted by verification")
     p.add_argument("--verify-data", help="JSONL/CSV/TXT of real texts for verification (first 32 used)")
     p.add_argument("--text-field", default="text")
+    p.add_argument("--variant", nargs="+", default=["fp32"], metavar="KIND",
+                   help="fp32 optimized fp16 int8 int8-static tensorrt (several allowed); "
+                   "OUT.onnx is always the fp32 graph, others are written as OUT.<kind>.onnx")
+    p.add_argument("--calibration", help="int8-static: JSONL/CSV/TXT of real review text for calibration")
+    p.add_argument("--calibration-size", type=int, default=128, help="int8-static: texts used (default 128)")
+    p.add_argument("--trt-fp16", action="store_true", help="tensorrt: build fp16 engines")
+    p.add_argument("--batch-size", type=int, default=64, help="tensorrt: largest batch in the shape profile")
     a = p.parse_args(argv)
     try:
         from pcv.runtime import ReaderConfig, read_records
@@ -119,9 +126,79 @@ def export_main(argv: list[str] | None = None) -> int:
         model = load_classifier(a.model, allow_pickle=a.allow_pickle)
         report = export_onnx(model, a.out, ExportConfig(opset=a.opset, max_length=a.max_length, verify=not a.no_verify,
                                                         tolerance=a.tolerance, verify_texts=texts))
+        if report is not None:
+            print(report.format())
+        print(f"wrote {a.out} (fp32, opset {a.opset}){'' if report else ', not verified'}")
+        from pathlib import Path
+
+        from .variants import VARIANTS, VariantConfig, build_variant, variant_path
+
+        unknown = [k for k in a.variant if k not in VARIANTS]
+        if unknown:
+            return _fail(f"unknown variant {', '.join(unknown)}: use {', '.join(VARIANTS)}")
+        calib: tuple[str, ...] = ()
+        if "int8-static" in a.variant and a.calibration:
+            rc = ReaderConfig(text_field=a.text_field, id_field=None)
+            calib = tuple(t for t, _ in zip((r.text for r in read_records(a.calibration, rc) if r.text), range(a.calibration_size)))
+        vcfg = VariantConfig(calibration_texts=calib, calibration_size=a.calibration_size, trt_fp16=a.trt_fp16,
+                             batch_size=a.batch_size, max_length=a.max_length or int(model.config.max_position_embeddings))
+        for kind in dict.fromkeys(k for k in a.variant if k != "fp32"):
+            print(build_variant(kind, Path(a.out), variant_path(Path(a.out), kind), vcfg).format())
     except PcvError as e:
         return _fail(str(e))
-    if report is not None:
-        print(report.format())
-    print(f"wrote {a.out} (opset {a.opset}){'' if report else ', not verified'}")
     return 0
+
+
+def check_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="pcv-check",
+        description="Accuracy parity: run the torch model and every ONNX variant on the same labelled texts.",
+        epilog="example: pcv-check models/imdb-perceiver out/m.onnx out/m.int8.onnx --data val.jsonl --limit 500\n"
+        "exit status: 0 all variants within tolerance, 1 a variant broke its tolerance, 2 usage error",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", help="HF model dir (the torch reference)")
+    p.add_argument("variants", nargs="+", help="ONNX files to check")
+    p.add_argument("--data", required=True, help="labelled JSONL/CSV (labels as ids or names)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--label-field", default="label")
+    p.add_argument("--limit", type=int, help="use the first N records")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--provider", default="auto")
+    p.add_argument("--json", help="write the table as JSON here")
+    p.add_argument("--max-abs-logit", type=float, help="override every variant's max |Δlogit| tolerance")
+    p.add_argument("--min-agreement", type=float, help="override every variant's label agreement tolerance (0-1)")
+    p.add_argument("--max-acc-drop", type=float, help="override every variant's accuracy drop tolerance (points)")
+    p.add_argument("--allow-pickle", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        from dataclasses import replace
+        from pathlib import Path
+
+        import numpy as np
+
+        from .check import TOLERANCES, Row, Tolerance, compare, format_table, onnx_logits, rows_json, torch_logits
+        from .modeling import load_classifier
+        from .train import TrainConfig, load_labelled
+
+        model = load_classifier(a.model, allow_pickle=a.allow_pickle)
+        names = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
+        cfg = TrainConfig(data=(a.data,), out="", text_field=a.text_field, label_field=a.label_field, labels=names, limit=a.limit)
+        texts, labels = load_labelled((a.data,), cfg)
+        max_length = int(model.config.max_position_embeddings)
+        ref, speed = torch_logits(model, texts, max_length=max_length, batch_size=a.batch_size)
+        ref_acc = float((ref.argmax(1) == labels).mean())
+        rows = [Row(Path(a.model).name, "torch", ref_acc, 0.0, 1.0, 0.0, 0.0, speed, 0.0)]
+        for path in map(Path, a.variants):
+            logits, vspeed, variant = onnx_logits(path, texts, max_length=max_length, batch_size=a.batch_size, provider=a.provider)
+            tol = TOLERANCES.get(variant, TOLERANCES["fp32"])
+            over = {k: v for k, v in (("max_abs_logit", a.max_abs_logit), ("min_agreement", a.min_agreement),
+                                       ("max_acc_drop", a.max_acc_drop)) if v is not None}
+            tol = replace(tol, **over) if over else tol
+            rows.append(compare(path.name, variant, logits, ref, labels, vspeed, path.stat().st_size / 2**20, tol))
+    except PcvError as e:
+        return _fail(str(e))
+    print(format_table(rows, len(texts)))
+    if a.json:
+        Path(a.json).write_text(rows_json(rows))
+    return 0 if all(r.passed for r in rows) else 1

@@ -22,6 +22,9 @@ PROVIDERS: dict[str, str] = {
 }
 # TensorRT is never picked by auto: its first run builds engines for minutes. Ask for it.
 AUTO_ORDER = ("cuda", "cpu")
+# What auto picks for a variant (from its metadata): int8 kernels are CPU kernels, a tensorrt
+# variant wants TensorRT. Variants not listed follow AUTO_ORDER.
+VARIANT_AUTO = {"int8": ("cpu",), "int8-static": ("cpu",), "tensorrt": ("tensorrt", "cuda", "cpu")}
 DEFAULT_MODEL = "imdb-perceiver"
 MAX_ONNX_BYTES = 8 * 2**30  # refuse absurd files before onnxruntime tries to map them
 
@@ -60,6 +63,7 @@ class ModelInfo:
     variant: str
     input_names: tuple[str, str]  # (ids, mask) as named in the graph
     defaults: tuple[str, ...] = field(default=())  # metadata that was missing and defaulted
+    trt_options: dict | None = None  # tensorrt variants: provider options with shape profiles
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,11 +80,11 @@ def available_providers() -> list[str]:
     return [name for name, ep in PROVIDERS.items() if ep in have]
 
 
-def pick_provider(requested: str) -> str:
+def pick_provider(requested: str, variant: str | None = None) -> str:
     """Return the pcv provider name to use; an explicit provider that is missing is an error."""
     have = available_providers()
     if requested == "auto":
-        for name in AUTO_ORDER:
+        for name in VARIANT_AUTO.get(variant or "", AUTO_ORDER):
             if name in have:
                 return name
         raise ProviderError(f"no usable execution provider (available: {have})")
@@ -111,6 +115,15 @@ class OnnxClassifier:
         if size > MAX_ONNX_BYTES:
             raise ModelError(f"{path}: {size / 2**30:.1f} GiB is larger than any pcv model; refusing to load it")
         self.provider = pick_provider(cfg.provider)
+        self.session = self._open(path, cfg)
+        self.info = _read_info(path, self.session)
+        if cfg.provider == "auto" and (better := pick_provider("auto", self.info.variant)) != self.provider:
+            self.provider = better  # the variant wants another provider: reopen once
+            self.session = self._open(path, cfg)
+
+    def _open(self, path: Path, cfg: SessionConfig):
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if cfg.threads:
@@ -119,14 +132,16 @@ class OnnxClassifier:
         providers: list = [PROVIDERS[self.provider]]
         if self.provider == "tensorrt":
             trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": cfg.trt_cache_dir or str(path.parent / "trt_cache")}
+            meta = getattr(self, "info", None)
+            if meta is not None and meta.trt_options:
+                trt = {**meta.trt_options, **({"trt_engine_cache_path": cfg.trt_cache_dir} if cfg.trt_cache_dir else {})}
             providers = [("TensorrtExecutionProvider", trt), "CUDAExecutionProvider", "CPUExecutionProvider"]
         elif self.provider == "cuda":
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ModelError(f"{path}: onnxruntime cannot load this model: {str(e).splitlines()[0][:300]}") from e
-        self.info = _read_info(path, self.session)
 
     def logits(self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         ids_name, mask_name = self.info.input_names
@@ -160,7 +175,8 @@ def _read_info(path: Path, session) -> ModelInfo:
         defaults.append(f"max_length {DEFAULT_MAX_LENGTH}")
     if not 2 < max_length <= 1 << 20:
         raise ModelError(f"{path}: metadata pcv.max_length={max_length} is out of range")
-    return ModelInfo(path, id2label, max_length, meta.get("pcv.variant", "unknown"), (ids_name, mask_name), tuple(defaults))
+    trt = json.loads(meta["pcv.trt_options"]) if "pcv.trt_options" in meta else None
+    return ModelInfo(path, id2label, max_length, meta.get("pcv.variant", "unknown"), (ids_name, mask_name), tuple(defaults), trt)
 
 
 def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -1,0 +1,107 @@
+"""pcv-check: accuracy parity of ONNX variants against the torch model on labelled text."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from pcv.runtime.batching import BatchPlan, plan_batches
+from pcv.runtime.session import OnnxClassifier, SessionConfig
+from pcv.runtime.tokenizer import PerceiverByteTokenizer
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    min_agreement: float | None = None  # fraction of labels equal to torch's
+    max_abs_logit: float | None = None  # max |Δlogit|
+    max_acc_drop: float | None = None  # accuracy points (percent) away from torch, either way
+
+
+# Issue 3's tolerances by variant kind; overridable from the CLI.
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(min_agreement=1.0, max_abs_logit=1e-4),
+    "optimized": Tolerance(min_agreement=1.0, max_abs_logit=1e-4),
+    "fp16": Tolerance(max_abs_logit=1e-2, max_acc_drop=0.1),
+    "int8": Tolerance(max_acc_drop=0.5),
+    "int8-static": Tolerance(max_acc_drop=0.5),
+    "tensorrt": Tolerance(min_agreement=1.0, max_abs_logit=1e-4),
+}
+
+
+@dataclass
+class Row:
+    name: str
+    variant: str
+    accuracy: float
+    acc_delta: float  # points vs torch
+    agreement: float
+    max_abs_logit: float
+    mean_abs_logit: float
+    examples_per_s: float
+    size_mib: float
+    passed: bool = True
+    failures: list[str] = field(default_factory=list)
+
+
+def _batches(texts: list[str], max_length: int, batch_size: int):
+    tok = PerceiverByteTokenizer(model_max_length=max_length)
+    lengths = np.array([min(len(t.encode()) + 2, max_length) for t in texts])
+    for idx in plan_batches(lengths, BatchPlan(batch_size=batch_size, max_tokens=batch_size * max_length)):
+        enc = tok([texts[i] for i in idx], max_length=max_length, truncation=True, padding="longest")
+        yield idx, enc.input_ids, enc.attention_mask
+
+
+@torch.no_grad()
+def torch_logits(model, texts: list[str], *, max_length: int, batch_size: int) -> tuple[npt.NDArray[np.float32], float]:
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    t0 = time.perf_counter()
+    for idx, ids, mask in _batches(texts, max_length, batch_size):
+        out[idx] = model(inputs=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+    return out, len(texts) / (time.perf_counter() - t0)
+
+
+def onnx_logits(path: Path, texts: list[str], *, max_length: int, batch_size: int, provider: str) -> tuple[npt.NDArray[np.float32], float, str]:
+    clf = OnnxClassifier(path, SessionConfig(provider=provider))
+    out = np.zeros((len(texts), len(clf.info.id2label)), dtype=np.float32)
+    t0 = time.perf_counter()
+    for idx, ids, mask in _batches(texts, max_length, batch_size):
+        out[idx] = clf.logits(ids, mask)
+    return out, len(texts) / (time.perf_counter() - t0), clf.info.variant
+
+
+def compare(name: str, variant: str, logits: np.ndarray, ref: np.ndarray, labels: np.ndarray, speed: float, size: float,
+            tol: Tolerance) -> Row:
+    acc = float((logits.argmax(1) == labels).mean())
+    ref_acc = float((ref.argmax(1) == labels).mean())
+    diff = np.abs(logits - ref)
+    row = Row(name, variant, acc, 100 * (acc - ref_acc), float((logits.argmax(1) == ref.argmax(1)).mean()),
+              float(diff.max()), float(diff.mean()), speed, size)
+    if tol.min_agreement is not None and row.agreement < tol.min_agreement:
+        row.failures.append(f"agreement {row.agreement:.2%} < {tol.min_agreement:.2%}")
+    if tol.max_abs_logit is not None and row.max_abs_logit > tol.max_abs_logit:
+        row.failures.append(f"max |Δlogit| {row.max_abs_logit:.2e} > {tol.max_abs_logit:g}")
+    # "within" is both ways: a variant that gains accuracy also stopped giving the model's answers
+    if tol.max_acc_drop is not None and abs(row.acc_delta) > tol.max_acc_drop + 1e-9:
+        row.failures.append(f"accuracy {row.acc_delta:+.2f} pt, allowed ±{tol.max_acc_drop:g} pt")
+    row.passed = not row.failures
+    return row
+
+
+def format_table(rows: list[Row], n: int) -> str:
+    head = f"{'model':32s} {'variant':11s} {'acc':>7s} {'Δacc pt':>8s} {'agree':>7s} {'max|Δ|':>9s} {'mean|Δ|':>9s} {'ex/s':>7s} {'MiB':>6s}  result"
+    lines = [f"{n} labelled texts", head]
+    for r in rows:
+        verdict = "ref" if r.variant == "torch" else ("ok" if r.passed else "FAIL: " + "; ".join(r.failures))
+        lines.append(f"{r.name[-32:]:32s} {r.variant:11s} {r.accuracy:7.2%} {r.acc_delta:+8.2f} {r.agreement:7.2%} "
+                     f"{r.max_abs_logit:9.2e} {r.mean_abs_logit:9.2e} {r.examples_per_s:7.1f} {r.size_mib:6.1f}  {verdict}")
+    return "\n".join(lines)
+
+
+def rows_json(rows: list[Row]) -> str:
+    return json.dumps([asdict(r) for r in rows], indent=2)

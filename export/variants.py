@@ -1,0 +1,246 @@
+"""Variants of an exported fp32 graph: optimized (fusions), fp16, int8 (dynamic), int8-static (QDQ,
+calibrated on real text), tensorrt (engine cache + shape profiles). One builder per kind, in a table.
+
+Every variant records its kind and provenance in the ONNX metadata and is checked by the ONNX
+checker; numerical parity with the torch model is pcv-check's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from pcv.runtime.errors import PcvError, ProviderError
+from pcv.runtime.tokenizer import PerceiverByteTokenizer
+
+from .onnx_export import save_onnx, set_metadata
+
+# Ops we count as evidence that a fusion happened (ORT contrib ops, or our own).
+FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu",
+             "LayerNormalization", "EmbedLayerNormalization", "QAttention", "MatMulInteger", "DynamicQuantizeMatMul")
+# Kept in float32 in the fp16 variant: overflow-prone normalisations, softmax and reductions.
+FP16_KEEP_FP32 = ["LayerNormalization", "SkipLayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Erf"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class VariantConfig:
+    calibration_texts: tuple[str, ...] = ()  # int8-static: real review text
+    calibration_size: int = 128  # texts used for calibration
+    calibration_batch: int = 8
+    per_channel: bool = True  # int8-static: per-channel weight scales
+    max_length: int = 2048
+    batch_size: int = 64  # tensorrt profiles: the largest batch pcv-batch sends
+    trt_fp16: bool = False
+    trt_cache_dir: str | None = None
+
+
+@dataclass
+class VariantReport:
+    kind: str
+    path: Path
+    fused: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        fused = ", ".join(f"{k} {v}" for k, v in self.fused.items() if v) or "none"
+        extra = f"; {'; '.join(self.notes)}" if self.notes else ""
+        return f"{self.kind:12s} {self.path} ({self.path.stat().st_size / 2**20:.1f} MiB) fused: {fused}{extra}"
+
+
+def op_counts(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _finish(proto: onnx.ModelProto, src: Path, out: Path, kind: str, extra: dict[str, str] | None = None) -> None:
+    domains = {n.domain for n in proto.graph.node if n.domain} - {o.domain for o in proto.opset_import}
+    for d in sorted(domains):  # ORT contrib ops need their domain declared for the checker
+        proto.opset_import.append(onnx.helper.make_opsetid(d, 1))
+    meta = {"pcv.variant": kind, "pcv.variant_of": _file_sha256(src)}
+    meta.update(extra or {})
+    set_metadata(proto, meta)
+    save_onnx(proto, out)
+    try:
+        onnx.checker.check_model(str(out))
+    except onnx.checker.ValidationError as e:
+        raise PcvError(f"{out}: the {kind} graph fails the ONNX checker: {e}") from e
+
+
+def _copy_metadata(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
+    set_metadata(dst, {p.key: p.value for p in src.metadata_props})
+
+
+def build_optimized(src: Path, out: Path, cfg: VariantConfig) -> VariantReport:
+    """Fuse attention, bias+GELU and residual+LayerNorm with ORT's transformer optimizer.
+
+    ORT has no 'perceiver' model type; its BERT fusions match the latent self-attention blocks
+    (same Q/K/V/softmax shape) — the cross-attention has different Q and KV inputs and stays
+    unfused. We count the fused ops and refuse to call a graph optimized when nothing fused.
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    base = onnx.load(str(src))
+    before = op_counts(base)
+    opts = FusionOptions("bert")
+    opt = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, optimization_options=opts, opt_level=0)
+    proto = opt.model
+    after = op_counts(proto)
+    fused = {op: after[op] - before.get(op, 0) for op in FUSED_OPS if after[op] - before.get(op, 0) > 0}
+    if not fused:
+        raise PcvError(f"{src}: no fusion applied by onnxruntime's optimizer; not writing an 'optimized' variant")
+    _copy_metadata(base, proto)
+    _finish(proto, src, out, "optimized", {"pcv.fused": json.dumps(fused)})
+    unfused = after.get("Softmax", 0)
+    notes = [f"{len(base.graph.node)} -> {len(proto.graph.node)} nodes", f"{unfused} softmax left unfused (cross-attention, decoder)"]
+    return VariantReport("optimized", out, fused, notes)
+
+
+def build_fp16(src: Path, out: Path, cfg: VariantConfig) -> VariantReport:
+    """float16 weights and compute, float32 inputs/outputs; normalisations and softmax in float32."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    base = onnx.load(str(src))
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    proto = convert_float_to_float16(base, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
+    OnnxModel(proto).topological_sort()  # the converter appends its Cast nodes out of order
+    _copy_metadata(base, proto)
+    _finish(proto, src, out, "fp16")
+    casts = op_counts(proto)["Cast"]
+    return VariantReport("fp16", out, {}, [f"{casts} Cast nodes at fp16/fp32 borders", f"kept fp32: {', '.join(FP16_KEEP_FP32[:4])}, ..."])
+
+
+def build_int8(src: Path, out: Path, cfg: VariantConfig) -> VariantReport:
+    """Dynamic int8 quantization of the MatMul weights (activations quantized at run time), for CPU."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    base = onnx.load(str(src))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_out = Path(tmp) / "q.onnx"
+        quantize_dynamic(str(src), str(tmp_out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Attention"])
+        proto = onnx.load(str(tmp_out))
+    _copy_metadata(base, proto)
+    counts = op_counts(proto)
+    fused = {op: counts[op] for op in ("DynamicQuantizeMatMul", "MatMulInteger", "QAttention") if counts[op]}
+    if not fused:
+        raise PcvError(f"{src}: dynamic quantization quantized nothing")
+    _finish(proto, src, out, "int8")
+    return VariantReport("int8", out, fused, [f"{counts['MatMul']} MatMul left in float"])
+
+
+class _TextReader:
+    """onnxruntime CalibrationDataReader over tokenized real reviews."""
+
+    def __init__(self, texts: list[str], names: tuple[str, str], max_length: int, batch: int) -> None:
+        tok = PerceiverByteTokenizer(model_max_length=max_length)
+        self._batches: Iterator[dict[str, np.ndarray]] = iter([
+            dict(zip(names, (e.input_ids, e.attention_mask)))
+            for e in (tok(texts[i : i + batch], max_length=max_length, truncation=True, padding="longest")
+                      for i in range(0, len(texts), batch))
+        ])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+    def rewind(self) -> None:  # pragma: no cover - newer ORT versions call it
+        pass
+
+
+def build_int8_static(src: Path, out: Path, cfg: VariantConfig) -> VariantReport:
+    """QDQ static int8 quantization calibrated on real text (MinMax, per-channel weights)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    texts = [t for t in cfg.calibration_texts if t][: cfg.calibration_size]
+    if len(texts) < 8:
+        raise PcvError("int8-static needs calibration text: pass --calibration FILE (a JSONL/CSV/TXT of real reviews)")
+    base = onnx.load(str(src))
+    names = tuple(i.name for i in base.graph.input)
+    reader = _TextReader(texts, names, cfg.max_length, cfg.calibration_batch)  # type: ignore[arg-type]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_out = Path(tmp) / "q.onnx"
+        quantize_static(str(src), str(tmp_out), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+                        per_channel=cfg.per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": True, "CalibTensorRangeSymmetric": True})
+        proto = onnx.load(str(tmp_out))
+    _copy_metadata(base, proto)
+    counts = op_counts(proto)
+    if not counts["QuantizeLinear"]:
+        raise PcvError(f"{src}: static quantization inserted no QuantizeLinear nodes")
+    _finish(proto, src, out, "int8-static", {"pcv.calibration_texts": str(len(texts))})
+    return VariantReport("int8-static", out, {"QuantizeLinear": counts["QuantizeLinear"], "DequantizeLinear": counts["DequantizeLinear"]},
+                         [f"calibrated on {len(texts)} texts", f"per-channel={cfg.per_channel}"])
+
+
+def trt_profiles(max_length: int, batch_size: int, names: tuple[str, str] = ("input_ids", "attention_mask")) -> dict[str, str]:
+    """TensorRT optimization profile (min/opt/max shapes) covering every batch pcv-batch can send:
+    1..batch_size rows, 2..max_length tokens; opt at a full batch of median IMDB length (~1 kB)."""
+    opt_len = min(max_length, 1024)
+
+    def shapes(b: int, t: int) -> str:
+        return ",".join(f"{n}:{b}x{t}" for n in names)
+
+    return {"trt_profile_min_shapes": shapes(1, 2), "trt_profile_opt_shapes": shapes(batch_size, opt_len),
+            "trt_profile_max_shapes": shapes(batch_size, max_length)}
+
+
+def trt_provider_options(max_length: int, batch_size: int, *, fp16: bool, cache_dir: str,
+                         names: tuple[str, str] = ("input_ids", "attention_mask")) -> dict[str, str | bool]:
+    return {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache_dir, "trt_fp16_enable": fp16,
+            "trt_timing_cache_enable": True, **trt_profiles(max_length, batch_size, names)}
+
+
+def build_tensorrt(src: Path, out: Path, cfg: VariantConfig) -> VariantReport:
+    """An fp32 graph tagged for TensorRT, with its profiles in the metadata; the engine is built
+    (and cached) here once, which needs a GPU with TensorRT."""
+    import onnxruntime as ort
+
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        raise ProviderError("the tensorrt variant needs onnxruntime-gpu with TensorRT libraries and an NVIDIA GPU; "
+                            f"this machine has {ort.get_available_providers()}")
+    base = onnx.load(str(src))
+    names = tuple(i.name for i in base.graph.input)
+    cache = cfg.trt_cache_dir or str(out.parent / (out.stem + ".trt_cache"))
+    opts = trt_provider_options(cfg.max_length, cfg.batch_size, fp16=cfg.trt_fp16, cache_dir=cache, names=names)  # type: ignore[arg-type]
+    _finish(base, src, out, "tensorrt", {"pcv.trt_options": json.dumps(opts)})
+    sess = ort.InferenceSession(str(out), providers=[("TensorrtExecutionProvider", opts), "CUDAExecutionProvider"])
+    ids = np.full((1, 16), 10, dtype=np.int64)
+    sess.run(None, dict(zip(names, (ids, np.ones_like(ids)))))  # builds and caches the engine
+    return VariantReport("tensorrt", out, {}, [f"engine cache {cache}", f"fp16={cfg.trt_fp16}"])
+
+
+BUILDERS: dict[str, Callable[[Path, Path, VariantConfig], VariantReport]] = {
+    "optimized": build_optimized,
+    "fp16": build_fp16,
+    "int8": build_int8,
+    "int8-static": build_int8_static,
+    "tensorrt": build_tensorrt,
+}
+VARIANTS = ("fp32", *BUILDERS)
+
+
+def variant_path(out: Path, kind: str) -> Path:
+    """out.onnx -> out.onnx for fp32, out.<kind>.onnx otherwise."""
+    return out if kind == "fp32" else out.with_name(f"{out.stem}.{kind}.onnx")
+
+
+def build_variant(kind: str, src: Path, out: Path, cfg: VariantConfig = VariantConfig()) -> VariantReport:
+    if kind not in BUILDERS:
+        raise PcvError(f"variant {kind!r} is unknown: use one of {', '.join(VARIANTS)}")
+    return BUILDERS[kind](Path(src), Path(out), cfg)

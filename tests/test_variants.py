@@ -1,0 +1,109 @@
+"""Variants (optimized, fp16, int8, int8-static, tensorrt options) and pcv-check parity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import tiny_model
+from pcv.export.check import TOLERANCES, compare
+from pcv.export.cli import check_main, export_main
+from pcv.export.onnx_export import ExportConfig, export_onnx
+from pcv.export.variants import VariantConfig, build_variant, trt_profiles, trt_provider_options, variant_path
+from pcv.runtime import PcvError, PerceiverByteTokenizer, ProviderError
+from pcv.runtime.session import OnnxClassifier
+
+import torch
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    d = tmp_path_factory.mktemp("var")
+    m = tiny_model(num_latents=16, d=64, layers=2, max_length=512)
+    export_onnx(m, d / "m.onnx", ExportConfig(verify=False))
+    return m, d / "m.onnx"
+
+
+@pytest.mark.parametrize("batch", [1, 4], ids=["b1", "b4"])
+@pytest.mark.parametrize("seq", [16, 200, 512], ids=["s16", "s200", "s512"])
+@pytest.mark.parametrize("kind,tol", [("optimized", 1e-4), ("fp16", 1e-2), ("int8", 0.15), ("int8-static", 0.5)])
+def test_variant_parity(src, review_texts, kind, tol, batch, seq):
+    model, path = src
+    out = variant_path(path, kind)
+    if not out.exists():
+        rep = build_variant(kind, path, out, VariantConfig(calibration_texts=tuple(review_texts[:32]), max_length=512))
+        assert rep.path == out
+    clf = OnnxClassifier(out)
+    assert clf.info.variant == kind
+    enc = PerceiverByteTokenizer()(review_texts[:batch], max_length=seq, truncation=True, padding="max_length")
+    got = clf.logits(enc.input_ids, enc.attention_mask)
+    with torch.no_grad():
+        ref = model(inputs=torch.from_numpy(enc.input_ids), attention_mask=torch.from_numpy(enc.attention_mask)).logits.numpy()
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() <= tol
+
+
+def test_optimized_reports_fusions(src):
+    _, path = src
+    rep = build_variant("optimized", path, variant_path(path, "optimized"))
+    assert rep.fused.get("Attention", 0) == 2  # the two latent self-attention layers
+    assert rep.fused.get("SkipLayerNormalization", 0) > 0
+    meta = {p.key: p.value for p in onnx.load(str(rep.path)).metadata_props}
+    assert json.loads(meta["pcv.fused"]) == rep.fused and meta["pcv.variant"] == "optimized"
+    assert len(meta["pcv.variant_of"]) == 64
+
+
+def test_int8_static_needs_calibration_text(src):
+    _, path = src
+    with pytest.raises(PcvError, match="calibration"):
+        build_variant("int8-static", path, variant_path(path, "int8-static-x"))
+    with pytest.raises(PcvError, match="unknown"):
+        build_variant("int4", path, path)
+
+
+def test_tensorrt_without_gpu_fails_clearly_and_profiles_cover_batches(src):
+    _, path = src
+    import onnxruntime as ort
+
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(ProviderError, match="TensorRT"):
+            build_variant("tensorrt", path, variant_path(path, "tensorrt"))
+    prof = trt_profiles(2048, 64)
+    assert prof["trt_profile_min_shapes"] == "input_ids:1x2,attention_mask:1x2"
+    assert prof["trt_profile_max_shapes"] == "input_ids:64x2048,attention_mask:64x2048"
+    opts = trt_provider_options(512, 8, fp16=True, cache_dir="/tmp/c")
+    assert opts["trt_fp16_enable"] is True and opts["trt_engine_cache_enable"] is True
+    assert opts["trt_profile_opt_shapes"] == "input_ids:8x512,attention_mask:8x512"
+
+
+def test_check_tolerances():
+    ref = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    labels = np.array([0, 1, 0, 1])
+    ok = compare("a", "fp32", ref + 1e-6, ref, labels, 1.0, 1.0, TOLERANCES["fp32"])
+    assert ok.passed and ok.agreement == 1.0
+    flipped = ref.copy()
+    flipped[0] = [0.0, 1.0]
+    bad = compare("b", "int8", flipped, ref, labels, 1.0, 1.0, TOLERANCES["int8"])
+    assert not bad.passed and "accuracy -25.00 pt" in bad.failures[0]
+
+
+def test_export_variants_and_pcv_check_cli(tmp_path, tiny_dir, reviews, capsys):
+    data = tmp_path / "lab.jsonl"
+    data.write_text("".join(json.dumps({"text": r["text"], "label": ["neg", "pos"][r["label"]]}) + "\n" for r in reviews[:40]))
+    out = tmp_path / "m.onnx"
+    assert export_main([str(tiny_dir), str(out), "--variant", "fp32", "optimized", "int8", "fp16"]) == 0
+    assert all(variant_path(out, k).is_file() for k in ("optimized", "int8", "fp16"))
+    capsys.readouterr()
+    js = tmp_path / "check.json"
+    rc = check_main([str(tiny_dir), str(out), str(variant_path(out, "optimized")), str(variant_path(out, "fp16")),
+                     "--data", str(data), "--json", str(js)])
+    table = capsys.readouterr().out
+    assert rc == 0, table
+    rows = json.loads(js.read_text())
+    assert [r["variant"] for r in rows] == ["torch", "fp32", "optimized", "fp16"]
+    assert rows[1]["agreement"] == 1.0 and rows[1]["max_abs_logit"] <= 1e-4
+    # an impossible tolerance makes the check fail with exit 1
+    assert check_main([str(tiny_dir), str(out), "--data", str(data), "--max-abs-logit", "0"]) == 1
