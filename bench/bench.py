@@ -1,0 +1,342 @@
+"""pcv-bench: latency and throughput of pcv variants on every available provider, against the
+baselines (reference recipe, eager with dynamic padding, Optimum ORTModel + pipeline), all in
+one process on the same texts and the same weights."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pcv.runtime.batching import BatchPlan, plan_batches
+from pcv.runtime.pipeline import PipelineConfig, classify_records
+from pcv.runtime.readers import ReaderConfig, Record, read_records
+from pcv.runtime.session import PROVIDERS, OnnxClassifier, SessionConfig, available_providers, resolve_model, softmax
+from pcv.runtime.tokenizer import PerceiverByteTokenizer
+
+from .flops import perceiver_flops
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    model: str | None = None  # fp32 .onnx (default: the bundled model)
+    hf_model: str | None = None  # HF dir for the torch baselines (default: the .onnx's dir)
+    variants: tuple[str, ...] = ()  # more .onnx files to measure
+    providers: tuple[str, ...] = ("cpu", "cuda", "tensorrt")
+    batch_sizes: tuple[int, ...] = (1, 8, 32, 64)
+    seq_lens: tuple[int, ...] = (256, 1024, 2048)
+    data: str = "examples/reviews.jsonl"
+    limit: int = 256  # texts for end to end and baselines
+    batch_size: int = 64  # pcv-batch's batch size end to end
+    latency_runs: int = 30
+    min_seconds: float = 1.0  # each grid point is repeated for at least this long
+    threads: int | None = None
+    baselines: bool = True
+    out: str = "bench-out"
+
+
+def _timeit(fn, min_seconds: float, min_runs: int = 1) -> tuple[float, int]:
+    fn()  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while n < min_runs or time.perf_counter() - t0 < min_seconds:
+        fn()
+        n += 1
+    return (time.perf_counter() - t0) / n, n
+
+
+def machine() -> dict:
+    import onnxruntime as ort
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "onnxruntime": ort.__version__,
+            "ort_providers": ort.get_available_providers()}
+    try:
+        import cpuinfo
+
+        info["cpu"] = cpuinfo.get_cpu_info().get("brand_raw")
+    except Exception:  # cpuinfo is optional
+        info["cpu"] = platform.processor()
+    import os
+
+    info["cpu_threads"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def _read_texts(path: str, limit: int) -> tuple[list[str], np.ndarray | None, float]:
+    t0 = time.perf_counter()
+    texts, labels = [], []
+    for rec in read_records(path, ReaderConfig(label_field=None, id_field=None)):
+        if rec.text is not None:
+            texts.append(rec.text)
+        if len(texts) >= limit:
+            break
+    return texts, None, time.perf_counter() - t0
+
+
+def end_to_end(clf: OnnxClassifier, texts: list[str], batch_size: int) -> dict:
+    """pcv's pipeline over in-memory records, plus each stage timed on its own."""
+    records = [Record(i + 1, i + 1, t) for i, t in enumerate(texts)]
+    cfg = PipelineConfig(plan=BatchPlan(batch_size=batch_size, max_tokens=batch_size * clf.info.max_length))
+    list(classify_records(records[:8], clf, cfg))  # warm-up, as every baseline gets one
+    t0 = time.perf_counter()
+    probs = [r.probs for r in classify_records(records, clf, cfg)]
+    total = time.perf_counter() - t0
+    labels = np.array([int(np.argmax(p)) for p in probs])
+    # stages, sequentially
+    tok = PerceiverByteTokenizer(model_max_length=clf.info.max_length)
+    t = time.perf_counter()
+    lengths = np.array([min(len(x.encode()) + 2, clf.info.max_length) for x in texts])
+    batches = plan_batches(lengths, cfg.plan)
+    t_plan = time.perf_counter() - t
+    t = time.perf_counter()
+    encs = [tok([texts[i] for i in b], max_length=clf.info.max_length, truncation=True, padding="longest") for b in batches]
+    t_tok = time.perf_counter() - t
+    t = time.perf_counter()
+    logits = [clf.logits(e.input_ids, e.attention_mask) for e in encs]
+    t_run = time.perf_counter() - t
+    t = time.perf_counter()
+    for lg in logits:
+        softmax(lg).argmax(1)
+    t_post = time.perf_counter() - t
+    n_bytes = int(sum(len(x.encode()) for x in texts))
+    return {"examples_per_s": len(texts) / total, "bytes_per_s": n_bytes / total, "seconds": total, "labels": labels.tolist(),
+            "stages_s": {"plan": t_plan, "tokenize": t_tok, "session_run": t_run, "post": t_post}}
+
+
+def grid(clf: OnnxClassifier, cfg: BenchConfig, flops_at) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in cfg.seq_lens:
+        s = min(s, clf.info.max_length)
+        for b in cfg.batch_sizes:
+            ids = rng.integers(6, 262, (b, s), dtype=np.int64)
+            mask = np.ones_like(ids)
+            dt, n = _timeit(lambda: clf.logits(ids, mask), cfg.min_seconds)
+            rows.append({"batch": b, "seq": s, "seconds_per_batch": dt, "runs": n, "examples_per_s": b / dt,
+                         "bytes_per_s": b * s / dt, "gflop_per_s": b * flops_at(s) / dt / 1e9})
+    return rows
+
+
+def latency(clf: OnnxClassifier, seq: int, runs: int) -> dict:
+    rng = np.random.default_rng(1)
+    out = {}
+    for b in (1, 8):
+        ids = rng.integers(6, 262, (b, seq), dtype=np.int64)
+        mask = np.ones_like(ids)
+        clf.logits(ids, mask)
+        ms = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            clf.logits(ids, mask)
+            ms.append(1000 * (time.perf_counter() - t))
+        q = np.percentile(ms, [50, 90, 99])
+        out[f"batch{b}"] = {"seq": seq, "p50_ms": q[0], "p90_ms": q[1], "p99_ms": q[2], "runs": runs}
+    return out
+
+
+def baselines(hf_dir: str, onnx_path: Path, texts: list[str], max_length: int) -> dict:
+    """The three baselines, same texts and weights. Missing libraries are reported, not skipped silently."""
+    import torch
+    from transformers import PerceiverTokenizer
+
+    from pcv.export.modeling import load_classifier
+
+    model = load_classifier(hf_dir)
+    tok = PerceiverTokenizer(model_max_length=max_length)
+    res: dict = {}
+
+    @torch.no_grad()
+    def eager(batch: int, padding: str) -> tuple[float, list[int]]:
+        enc = tok(texts[:batch], padding=padding, truncation=True, max_length=max_length, return_tensors="pt")
+        model(inputs=enc["input_ids"], attention_mask=enc["attention_mask"])  # warm-up
+        labels: list[int] = []
+        t0 = time.perf_counter()
+        for i in range(0, len(texts), batch):
+            enc = tok(texts[i : i + batch], padding=padding, truncation=True, max_length=max_length, return_tensors="pt")
+            labels += model(inputs=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.argmax(-1).tolist()
+        return len(texts) / (time.perf_counter() - t0), labels
+
+    speed, lab = eager(4, "max_length")
+    res["reference"] = {"desc": "transformers tokenizer padding=max_length + torch eager, batch 4", "examples_per_s": speed, "labels": lab}
+    speed, lab = eager(16, "longest")
+    res["eager_dynamic"] = {"desc": "transformers tokenizer padding=longest + torch eager, batch 16", "examples_per_s": speed, "labels": lab}
+    try:
+        import shutil
+        import tempfile
+
+        from optimum.onnxruntime import ORTModelForSequenceClassification
+        from transformers import pipeline
+
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copy(Path(hf_dir) / "config.json", tmp)
+            shutil.copy(onnx_path, Path(tmp) / "model.onnx")
+            ortm = ORTModelForSequenceClassification.from_pretrained(tmp, provider="CPUExecutionProvider")
+            pipe = pipeline("text-classification", model=ortm, tokenizer=tok, device=-1)
+            label2id = model.config.label2id
+            pipe(texts[:16], batch_size=16, truncation=True, max_length=max_length)  # warm-up
+            t0 = time.perf_counter()
+            out = pipe(texts, batch_size=16, truncation=True, max_length=max_length)
+            speed = len(texts) / (time.perf_counter() - t0)
+        res["optimum"] = {"desc": "Optimum ORTModelForSequenceClassification + transformers pipeline, batch 16, same ONNX",
+                          "examples_per_s": speed, "labels": [label2id[o["label"]] for o in out]}
+    except Exception as e:  # record exactly why Optimum could not run here
+        res["optimum"] = {"desc": "Optimum ORTModel + pipeline", "skipped": f"{type(e).__name__}: {e}"}
+    return res
+
+
+def _tokenizer_speed(texts: list[str], max_length: int) -> dict:
+    ours = PerceiverByteTokenizer(model_max_length=max_length)
+    out = {}
+    batch = texts[:64]
+    t_ours, _ = _timeit(lambda: ours(batch, truncation=True, padding="longest"), 0.5)
+    out["pcv_s_per_64"] = t_ours
+    try:
+        from transformers import PerceiverTokenizer
+
+        ref = PerceiverTokenizer(model_max_length=max_length)
+        t_ref, _ = _timeit(lambda: ref(batch, truncation=True, padding="longest", return_tensors="np"), 0.5)
+        out["transformers_s_per_64"] = t_ref
+        out["speedup"] = t_ref / t_ours
+    except ImportError as e:
+        out["transformers"] = f"skipped: {e}"
+    return out
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    fp32 = resolve_model(cfg.model)
+    hf_dir = cfg.hf_model or (str(fp32.parent) if (fp32.parent / "config.json").is_file() else None)
+    texts, _, t_read = _read_texts(cfg.data, cfg.limit)
+    model_cfg = json.loads((Path(hf_dir) / "config.json").read_text()) if hf_dir else None
+    flops_at = (lambda s: perceiver_flops(model_cfg, s)) if model_cfg else (lambda s: float("nan"))
+    result: dict = {"machine": machine(), "config": asdict(cfg), "model": str(fp32), "texts": len(texts),
+                    "read_seconds": t_read, "runs": [], "skipped": []}
+    have = available_providers()
+    paths = [fp32, *map(Path, cfg.variants)]
+    max_length = None
+    for path in paths:
+        for prov in cfg.providers:
+            if prov not in PROVIDERS:
+                result["skipped"].append({"model": str(path), "provider": prov, "reason": "unknown provider"})
+                continue
+            if prov not in have:
+                result["skipped"].append({"model": str(path), "provider": prov, "reason": f"not available (ORT has {have})"})
+                continue
+            clf = OnnxClassifier(path, SessionConfig(provider=prov, threads=cfg.threads))
+            max_length = clf.info.max_length
+            lengths = [min(len(t.encode()) + 2, max_length) for t in texts]
+            run = {"model": str(path), "variant": clf.info.variant, "provider": prov, "size_mib": path.stat().st_size / 2**20,
+                   "grid": grid(clf, cfg, flops_at), "latency": latency(clf, int(np.median(lengths)), cfg.latency_runs),
+                   "end_to_end": end_to_end(clf, texts, cfg.batch_size)}
+            run["end_to_end"]["gflop_per_s"] = sum(flops_at(x) for x in lengths) / run["end_to_end"]["seconds"] / 1e9
+            result["runs"].append(run)
+    max_length = max_length or 2048
+    result["flops_per_example_mean"] = float(np.mean([flops_at(min(len(t.encode()) + 2, max_length)) for t in texts]))
+    result["tokenizer"] = _tokenizer_speed(texts, max_length)
+    if cfg.baselines and hf_dir:
+        try:
+            result["baselines"] = baselines(hf_dir, fp32, texts, max_length)
+        except ImportError as e:
+            result["baselines"] = {"skipped": f"torch/transformers not installed: {e}"}
+        base = result["baselines"]
+        ref_labels = None
+        for run in result["runs"]:
+            e2e = run["end_to_end"]
+            for key in ("reference", "eager_dynamic", "optimum"):
+                if "examples_per_s" in base.get(key, {}):
+                    e2e[f"x_vs_{key}"] = e2e["examples_per_s"] / base[key]["examples_per_s"]
+            if run["variant"] == "fp32" and "labels" in base.get("reference", {}):
+                ref_labels = base["reference"]["labels"]
+            if ref_labels is not None or "labels" in base.get("reference", {}):
+                ref = base["reference"]["labels"]
+                e2e["label_agreement_vs_reference"] = float(np.mean(np.array(e2e["labels"]) == np.array(ref)))
+    return result
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"Machine: {m.get('cpu')} ({m.get('cpu_threads')} threads), GPU: {m.get('gpu')}, onnxruntime {m['onnxruntime']}, "
+             f"torch {m.get('torch')}. Texts: {result['texts']} from {result['config']['data']}; "
+             f"mean {result['flops_per_example_mean'] / 1e9:.2f} GFLOP/example.", ""]
+    base = result.get("baselines", {})
+    lines += ["| pipeline | provider | ex/s | × reference | × eager dynamic | × Optimum | GFLOP/s | agreement |", "|---|---|---|---|---|---|---|---|"]
+    for key in ("reference", "eager_dynamic", "optimum"):
+        b = base.get(key)
+        if b and "examples_per_s" in b:
+            lines.append(f"| baseline: {b['desc']} | cpu | {b['examples_per_s']:.2f} | | | | | |")
+        elif b:
+            lines.append(f"| baseline: {b['desc']} | — | skipped: {b['skipped'][:80]} | | | | | |")
+    for r in result["runs"]:
+        e = r["end_to_end"]
+        f = lambda k: f"{e[k]:.2f}×" if k in e else "—"  # noqa: E731
+        agree = f"{e['label_agreement_vs_reference']:.1%}" if "label_agreement_vs_reference" in e else "—"
+        lines.append(f"| pcv-batch {r['variant']} ({Path(r['model']).name}) | {r['provider']} | {e['examples_per_s']:.2f} | "
+                     f"{f('x_vs_reference')} | {f('x_vs_eager_dynamic')} | {f('x_vs_optimum')} | {e['gflop_per_s']:.1f} | {agree} |")
+    for s in result["skipped"]:
+        lines.append(f"| {Path(s['model']).name} | {s['provider']} | skipped: {s['reason'][:60]} | | | | | |")
+    lines += ["", "| variant | provider | p50 ms (b1) | p90 | p99 | p50 ms (b8) | stages: tokenize / plan / run / post (s) |", "|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        l1, l8, st = r["latency"]["batch1"], r["latency"]["batch8"], r["end_to_end"]["stages_s"]
+        lines.append(f"| {r['variant']} | {r['provider']} | {l1['p50_ms']:.1f} | {l1['p90_ms']:.1f} | {l1['p99_ms']:.1f} | {l8['p50_ms']:.1f} | "
+                     f"{st['tokenize']:.3f} / {st['plan']:.4f} / {st['session_run']:.2f} / {st['post']:.4f} |")
+    tk = result.get("tokenizer", {})
+    if "speedup" in tk:
+        lines += ["", f"Tokenizer, 64 real reviews: pcv {1000 * tk['pcv_s_per_64']:.2f} ms, transformers "
+                  f"{1000 * tk['transformers_s_per_64']:.1f} ms ({tk['speedup']:.0f}×)."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(result: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in result["runs"]:
+        seqs = sorted({g["seq"] for g in r["grid"]})
+        s = seqs[len(seqs) // 2]
+        pts = [(g["batch"], g["examples_per_s"]) for g in r["grid"] if g["seq"] == s]
+        ax.plot(*zip(*pts), marker="o", label=f"{r['variant']} / {r['provider']} (seq {s})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("examples / s")
+    ax.set_title("session throughput vs batch size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    files.append(out / "throughput.png")
+    fig.savefig(files[-1], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    names = [f"{r['variant']}\n{r['provider']}" for r in result["runs"]]
+    x = np.arange(len(names))
+    for k, (q, w) in enumerate((("p50_ms", -0.25), ("p90_ms", 0), ("p99_ms", 0.25))):
+        ax.bar(x + w, [r["latency"]["batch1"][q] for r in result["runs"]], width=0.25, label=q.replace("_ms", ""))
+    ax.set_xticks(x, names, fontsize=8)
+    ax.set_ylabel("ms")
+    ax.set_title("batch-1 latency (median review length)")
+    ax.legend()
+    fig.tight_layout()
+    files.append(out / "latency.png")
+    fig.savefig(files[-1], dpi=110)
+    plt.close(fig)
+    return files
+
+
+def write_report(result: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=1, default=float))
+    (out / "bench.md").write_text(markdown(result))
+    return [out / "bench.json", out / "bench.md", *plots(result, out)]

@@ -1,0 +1,43 @@
+"""pcv-bench quick mode writes well-formed reports with the baselines present (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+
+from pcv.bench.cli import main
+from pcv.bench.flops import perceiver_flops
+
+
+def test_quick_bench_report(tmp_path, tiny_dir, reviews):
+    data = tmp_path / "r.jsonl"
+    data.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in reviews[:12]))
+    out = tmp_path / "bench"
+    rc = main(["--quick", "--model", str(tiny_dir / "model.onnx"), "--data", str(data), "--out", str(out),
+               "--providers", "cpu,cuda"])
+    assert rc == 0
+    res = json.loads((out / "bench.json").read_text())
+    assert {"reference", "eager_dynamic", "optimum"} <= set(res["baselines"])
+    assert res["baselines"]["reference"]["examples_per_s"] > 0
+    run = res["runs"][0]
+    assert run["provider"] == "cpu" and run["variant"] == "fp32"
+    assert {"x_vs_reference", "x_vs_eager_dynamic"} <= set(run["end_to_end"])
+    assert run["end_to_end"]["label_agreement_vs_reference"] == 1.0  # same weights, same answers
+    assert set(run["end_to_end"]["stages_s"]) == {"plan", "tokenize", "session_run", "post"}
+    assert {"p50_ms", "p90_ms", "p99_ms"} <= set(run["latency"]["batch1"])
+    assert [g["batch"] for g in run["grid"]] == [1, 8, 1, 8]
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert any(s["provider"] == "cuda" and "not available" in s["reason"] for s in res["skipped"])
+    md = (out / "bench.md").read_text()
+    assert "baseline: transformers tokenizer padding=max_length" in md and "pcv-batch fp32" in md
+    assert (out / "throughput.png").stat().st_size > 1000 and (out / "latency.png").stat().st_size > 1000
+
+
+def test_flops_of_language_perceiver_architecture():
+    from transformers import PerceiverConfig
+
+    cfg = PerceiverConfig(qk_channels=256, v_channels=1280).to_dict()
+    # DESIGN.md: about 100 GFLOP per example at 2,048 bytes, growing with length via the cross-attention
+    assert 90e9 < perceiver_flops(cfg, 2048) < 130e9
+    assert perceiver_flops(cfg, 512) < perceiver_flops(cfg, 2048)
