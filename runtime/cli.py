@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -42,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonl", "csv", "txt"], help="input format (default: from the suffix; stdin: jsonl)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--id-field", default="id")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same command (needs -o); refuses other inputs/model/options")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -60,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pcv-batch: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("pcv-batch: interrupted", file=sys.stderr)
+        hint = ""
+        if args.output != "-":
+            argv_ = sys.argv[1:] if argv is None else argv
+            hint = "; resume with: pcv-batch " + " ".join(argv_) + ("" if "--resume" in argv_ else " --resume")
+        print(f"pcv-batch: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
@@ -91,15 +98,44 @@ def _run(args: argparse.Namespace) -> int:
 
     rc = ReaderConfig(text_field=args.text_field, id_field=args.id_field or None, format=args.format)
     errors_path = args.errors or (f"{args.output}.errors.jsonl" if args.output != "-" else "pcv-errors.jsonl")
-    out = LazyFile(args.output)
-    err = LazyFile(errors_path)
+    from . import resume as rs
+
+    durable = args.output != "-" and "-" not in args.inputs
+    if args.resume and not durable:
+        raise PcvError("--resume needs -o FILE and file inputs (not stdin/stdout)")
+    state = None
+    if durable:
+        options = {"text_field": args.text_field, "id_field": args.id_field, "format": args.format,
+                   "errors": os.path.abspath(errors_path)}
+        fp = rs.fingerprint(args.inputs, model_path, options)
+        state = rs.load_state(args.output) if args.resume else None
+        if args.resume and state is None:
+            print(f"pcv-batch: no resume state for {args.output}; starting from the beginning", file=sys.stderr)
+        if state is not None:
+            rs.check_resumable(state, fp, args.output)
+            if state.complete:
+                print(f"pcv-batch: {args.output} is already complete ({state.records} records)", file=sys.stderr)
+                return EXIT_OK
+            rs.truncate_to(args.output, state.out_bytes)
+            rs.truncate_to(errors_path, state.err_bytes)
+            print(f"pcv-batch: resuming after {state.records} records", file=sys.stderr)
+        else:
+            state = rs.State(fingerprint=fp)
+            for path in (args.output, errors_path):  # a fresh run never mixes with old files
+                if os.path.exists(path):
+                    os.remove(path)
+            rs.save_state(args.output, state)
+    resuming = bool(state and state.records)
+    out = LazyFile(args.output, append=resuming, size=state.out_bytes if state else 0)
+    err = LazyFile(errors_path, append=resuming, size=state.err_bytes if state else 0)
+    skip = state.records if state else 0
     multi = len(args.inputs) > 1
     pairs = _all_records(args.inputs, rc)
     # The pipeline sees plain records; the source path travels in a parallel queue of the same order.
     sources: list[str] = []
 
     def records() -> Iterator[Record]:
-        for src, rec in pairs:
+        for src, rec in itertools.islice(pairs, skip, None):
             sources.append(src)
             yield rec
 
@@ -111,6 +147,13 @@ def _run(args: argparse.Namespace) -> int:
 
         bar = tqdm(unit="rec", file=sys.stderr, desc="pcv-batch", mininterval=0.5)
     cfg = PipelineConfig(plan=BatchPlan(batch_size=args.batch_size, max_tokens=args.max_tokens), window=args.window)
+
+    def commit(done: int, complete: bool = False) -> None:
+        out.flush(durable=True)
+        err.flush(durable=True)
+        state.records, state.out_bytes, state.err_bytes, state.complete = skip + done, out.size, err.size, complete
+        rs.save_state(args.output, state)
+
     try:
         for k, res in enumerate(classify_records(records(), clf, cfg)):
             src = sources[k]
@@ -123,6 +166,10 @@ def _run(args: argparse.Namespace) -> int:
                 out.write_line(prediction_line(res, info.id2label, src if multi else None))
             if bar is not None:
                 bar.update(1)
+            if state is not None and (k + 1) % cfg.window == 0:
+                commit(k + 1)
+        if state is not None:
+            commit(len(sources), complete=True)
     finally:
         if bar is not None:
             bar.close()

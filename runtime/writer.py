@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -33,27 +34,35 @@ def error_line(res: Result, source: str) -> str:
 
 
 class LazyFile:
-    """A text file opened on first write (an errors file only exists when there are errors)."""
+    """A text file opened on first write (an errors file only exists when there are errors).
 
-    def __init__(self, path: str | None) -> None:
+    `append` continues a resumed file; `size` is its committed length in bytes."""
+
+    def __init__(self, path: str | None, *, append: bool = False, size: int = 0) -> None:
         self.path = path
-        self._f: IO[str] | None = None
+        self.append = append
+        self.size = size
+        self._f: IO[bytes] | None = None
 
     def write_line(self, line: str) -> None:
+        data = (line + "\n").encode("utf-8")
         if self._f is None:
             if self.path is None or self.path == "-":
-                self._f = sys.stdout
+                self._f = sys.stdout.buffer
             else:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                self._f = open(self.path, "w", encoding="utf-8", newline="\n")
-        self._f.write(line + "\n")
+                self._f = open(self.path, "ab" if self.append else "wb")
+        self._f.write(data)
+        self.size += len(data)
 
-    def flush(self) -> None:
+    def flush(self, durable: bool = False) -> None:
         if self._f is not None:
             self._f.flush()
+            if durable and self._f is not sys.stdout.buffer:
+                os.fsync(self._f.fileno())
 
     def close(self) -> None:
-        if self._f is not None and self._f is not sys.stdout:
+        if self._f is not None and self._f is not sys.stdout.buffer:
             self._f.close()
         elif self._f is not None:
             self._f.flush()

@@ -1,0 +1,90 @@
+"""pcv-batch --resume: an interrupted run (Ctrl-C, or a kill leaving a torn line) finishes with every
+record exactly once, in order, with the predictions of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pcv.runtime import session as session_mod
+from pcv.runtime.cli import main
+
+
+@pytest.fixture()
+def src(tmp_path, review_texts):
+    p = tmp_path / "in.jsonl"
+    lines = [json.dumps({"id": i, "text": t}) for i, t in enumerate(review_texts[:90])]
+    lines.insert(40, "{broken json")
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def _run(src, out, model, *extra):
+    return main([str(src), "-o", str(out), "--model", str(model), "--window", "10", "--batch-size", "4", "-q", *extra])
+
+
+def test_interrupt_then_resume_equals_uninterrupted(tmp_path, src, tiny_dir, monkeypatch, capsys):
+    full = tmp_path / "full.jsonl"
+    assert _run(src, full, tiny_dir) == 1  # one bad line
+    real = session_mod.OnnxClassifier.logits
+    calls = {"n": 0}
+
+    def flaky(self, ids, mask):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt
+        return real(self, ids, mask)
+
+    out = tmp_path / "part.jsonl"
+    monkeypatch.setattr(session_mod.OnnxClassifier, "logits", flaky)
+    assert _run(src, out, tiny_dir) == 130
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.setattr(session_mod.OnnxClassifier, "logits", real)
+    state = json.loads((tmp_path / "part.jsonl.pcv-state.json").read_text())
+    assert 0 < state["records"] < 91 and not state["complete"]
+    with open(out, "ab") as f:
+        f.write(b'{"id": 999, "label": "po')  # a torn last line, as after a power cut
+    assert _run(src, out, tiny_dir, "--resume") == 1
+    assert out.read_bytes() == full.read_bytes()
+    assert (tmp_path / "part.jsonl.errors.jsonl").read_text().count("\n") == 1
+    assert json.loads((tmp_path / "part.jsonl.pcv-state.json").read_text())["complete"]
+    assert _run(src, out, tiny_dir, "--resume") == 0  # already complete: nothing to do
+    assert "already complete" in capsys.readouterr().err
+
+
+def test_resume_refuses_other_options_or_model(tmp_path, src, tiny_dir, capsys):
+    out = tmp_path / "o.jsonl"
+    _run(src, out, tiny_dir)
+    assert _run(src, out, tiny_dir, "--resume", "--text-field", "body") == 2
+    assert "options differ" in capsys.readouterr().err
+    assert main(["-", "-o", str(out), "--model", str(tiny_dir), "--resume"]) == 2  # stdin cannot resume
+    assert "--resume needs" in capsys.readouterr().err
+
+
+def test_sigkill_then_resume(tmp_path, src, tiny_dir):
+    """A real SIGKILL of a running process, then --resume."""
+    big = tmp_path / "big.jsonl"
+    big.write_text(src.read_text() * 30)
+    full = tmp_path / "full.jsonl"
+    args = [str(big), "--model", str(tiny_dir), "--window", "50", "-q"]
+    assert main([*args, "-o", str(full)]) == 1
+    out = tmp_path / "killed.jsonl"
+    code = f"import sys; from pcv.runtime.cli import main; sys.exit(main({[*args, '-o', str(out)]!r}))"
+    p = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed.jsonl.pcv-state.json"
+    deadline = time.time() + 60
+    while time.time() < deadline and p.poll() is None:
+        if state.exists() and json.loads(state.read_text() or "{}").get("records", 0) > 0:
+            break
+        time.sleep(0.01)
+    if p.poll() is None:
+        os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert main([*args, "-o", str(out), "--resume"]) == 1
+    assert out.read_bytes() == full.read_bytes()
