@@ -155,10 +155,8 @@ def patch_init(model: PerceiverForSequenceClassification, *, sharpness: float = 
     omega = 2 * math.pi / periods
     # LayerNorm shrinks/grows vectors: rescale by the norms the encodings will have after it.
     lat_scale = float(torch.nn.functional.layer_norm(latents, (d_lat,))[:, :per_head].norm(dim=1).mean() / latents[:, :per_head].norm(dim=1).mean())
-    x = emb.embeddings.weight[10:200].mean(0) * 0 + pos[:1]  # position part only, for scale
     kv = pos[:64] + byte[100:164]
     kv_scale = float(torch.nn.functional.layer_norm(kv, (d_model,))[:, :per_head].norm(dim=1).mean() / kv[:, :per_head].norm(dim=1).mean())
-    del x
     wq = torch.zeros(qk, d_lat)
     wk = torch.zeros(qk, d_model)
     for h in range(heads):
