@@ -59,3 +59,20 @@ def test_split_is_seeded_and_disjoint():
     a, b = split(1000, 0.1, 0)
     assert len(b) == 100 and not set(a) & set(b)
     assert (split(1000, 0.1, 0)[1] == b).all() and not (split(1000, 0.1, 1)[1] == b).all()
+
+
+def test_patch_init_makes_each_head_look_at_one_byte_of_its_patch():
+    import torch
+    from transformers import PerceiverForSequenceClassification
+
+    from pcv.export.modeling import ModelSize, build_config, patch_init
+
+    torch.manual_seed(0)
+    m = PerceiverForSequenceClassification(build_config(ModelSize(num_latents=64, max_length=512, num_layers=1))).eval()
+    patch_init(m)
+    with torch.no_grad():
+        att = m(inputs=torch.randint(6, 262, (1, 512)), output_attentions=True).cross_attentions[0][0]  # (H, N, L)
+    heads, latents, _ = att.shape
+    want = torch.arange(latents)[None, :] * (512 // latents) + torch.arange(heads)[:, None]  # (H, N)
+    assert (att.argmax(-1) == want).float().mean() > 0.95
+    assert att.max(-1).values.mean() > 0.5  # sharp, not uniform
