@@ -73,15 +73,15 @@ def machine() -> dict:
     return info
 
 
-def _read_texts(path: str, limit: int) -> tuple[list[str], np.ndarray | None, float]:
+def _read_texts(path: str, limit: int) -> tuple[list[str], float]:
     t0 = time.perf_counter()
-    texts, labels = [], []
+    texts: list[str] = []
     for rec in read_records(path, ReaderConfig(label_field=None, id_field=None)):
         if rec.text is not None:
             texts.append(rec.text)
         if len(texts) >= limit:
             break
-    return texts, None, time.perf_counter() - t0
+    return texts, time.perf_counter() - t0
 
 
 def end_to_end(clf: OnnxClassifier, texts: list[str], batch_size: int) -> dict:
@@ -216,7 +216,7 @@ def _tokenizer_speed(texts: list[str], max_length: int) -> dict:
 def run_bench(cfg: BenchConfig) -> dict:
     fp32 = resolve_model(cfg.model)
     hf_dir = cfg.hf_model or (str(fp32.parent) if (fp32.parent / "config.json").is_file() else None)
-    texts, _, t_read = _read_texts(cfg.data, cfg.limit)
+    texts, t_read = _read_texts(cfg.data, cfg.limit)
     model_cfg = json.loads((Path(hf_dir) / "config.json").read_text()) if hf_dir else None
     flops_at = (lambda s: perceiver_flops(model_cfg, s)) if model_cfg else (lambda s: float("nan"))
     result: dict = {"machine": machine(), "config": asdict(cfg), "model": str(fp32), "texts": len(texts),
@@ -249,16 +249,13 @@ def run_bench(cfg: BenchConfig) -> dict:
         except ImportError as e:
             result["baselines"] = {"skipped": f"torch/transformers not installed: {e}"}
         base = result["baselines"]
-        ref_labels = None
+        ref = base.get("reference", {}).get("labels")
         for run in result["runs"]:
             e2e = run["end_to_end"]
             for key in ("reference", "eager_dynamic", "optimum"):
                 if "examples_per_s" in base.get(key, {}):
                     e2e[f"x_vs_{key}"] = e2e["examples_per_s"] / base[key]["examples_per_s"]
-            if run["variant"] == "fp32" and "labels" in base.get("reference", {}):
-                ref_labels = base["reference"]["labels"]
-            if ref_labels is not None or "labels" in base.get("reference", {}):
-                ref = base["reference"]["labels"]
+            if ref is not None:
                 e2e["label_agreement_vs_reference"] = float(np.mean(np.array(e2e["labels"]) == np.array(ref)))
     return result
 
