@@ -11,9 +11,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from pcv.runtime.batching import BatchPlan, plan_batches
+from pcv.runtime.batching import BatchPlan
+from pcv.runtime.pipeline import Batch, plan_and_tokenize
 from pcv.runtime.session import OnnxClassifier, SessionConfig
-from pcv.runtime.tokenizer import PerceiverByteTokenizer
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,9 @@ class Row:
     failures: list[str] = field(default_factory=list)
 
 
-def _batches(texts: list[str], max_length: int, batch_size: int):
-    tok = PerceiverByteTokenizer(model_max_length=max_length)
-    lengths = np.array([min(len(t.encode()) + 2, max_length) for t in texts])
-    for idx in plan_batches(lengths, BatchPlan(batch_size=batch_size, max_tokens=batch_size * max_length)):
-        enc = tok([texts[i] for i in idx], max_length=max_length, truncation=True, padding="longest")
-        yield idx, enc.input_ids, enc.attention_mask
+def _batches(texts: list[str], max_length: int, batch_size: int) -> list[Batch]:
+    plan = BatchPlan(batch_size=batch_size, max_tokens=batch_size * max_length)
+    return plan_and_tokenize(texts, max_length=max_length, plan=plan)[0]
 
 
 @torch.no_grad()

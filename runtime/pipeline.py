@@ -35,27 +35,36 @@ class Result:
     truncated: bool = False
 
 
+Batch = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]  # (idx, ids, mask)
+
+
 @dataclass
 class _Window:
     records: list[Record]
     good: list[int]  # positions in `records` with text
-    batches: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]]  # (idx, ids, mask)
+    batches: list[Batch]
     truncated: npt.NDArray[np.bool_]  # (len(good),)
+
+
+def plan_and_tokenize(
+    texts: list[str], *, max_length: int, plan: BatchPlan, tok: PerceiverByteTokenizer | None = None
+) -> tuple[list[Batch], npt.NDArray[np.int64]]:
+    """Length-sorted batches of `texts`, tokenized; also returns each text's UTF-8 byte length."""
+    tok = tok or PerceiverByteTokenizer(model_max_length=max_length)
+    byte_lengths = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
+    batches = []
+    for idx in plan_batches(np.minimum(byte_lengths + 2, max_length), plan):
+        enc = tok([texts[i] for i in idx], max_length=max_length, truncation=True, padding="longest")
+        batches.append((idx, enc.input_ids, enc.attention_mask))
+    return batches, byte_lengths
 
 
 def _prepare(records: list[Record], tok: PerceiverByteTokenizer, max_length: int, plan: BatchPlan) -> _Window:
     good = [i for i, r in enumerate(records) if r.text is not None]
-    texts = [records[i].text for i in good]
-    byte_lengths = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))  # type: ignore[union-attr]
-    lengths = np.minimum(byte_lengths + 2, max_length)
-    batches = []
-    truncated = np.zeros(len(texts), dtype=bool)
-    for idx in plan_batches(lengths, plan):
-        enc = tok([texts[i] for i in idx], max_length=max_length, truncation=True, padding="longest")  # type: ignore[misc]
-        # a text is truncated when it had more bytes (with specials) than max_length allows
-        truncated[idx] = byte_lengths[idx] + 2 > max_length
-        batches.append((idx, enc.input_ids, enc.attention_mask))
-    return _Window(records, good, batches, truncated)
+    texts: list[str] = [records[i].text for i in good]  # type: ignore[misc]
+    batches, byte_lengths = plan_and_tokenize(texts, max_length=max_length, plan=plan, tok=tok)
+    # a text is truncated when it had more bytes (with specials) than max_length allows
+    return _Window(records, good, batches, byte_lengths + 2 > max_length)
 
 
 def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: PipelineConfig = PipelineConfig()) -> Iterator[Result]:
