@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from .batching import BatchPlan
 from .errors import PcvError
 from .pipeline import PipelineConfig, Result, classify_records
-from .readers import ReaderConfig, Record, read_records
+from .readers import ReaderConfig, Record, detect_format, read_records
 from .session import OnnxClassifier, SessionConfig, resolve_model
 from .writer import LazyFile, error_line, prediction_line
 
@@ -79,13 +79,9 @@ def _run(args: argparse.Namespace) -> int:
         raise PcvError("--batch-size, --max-tokens and --window must be positive")
     if args.inputs.count("-") > 1:
         raise PcvError("stdin (-) can be given once")
-    from .readers import detect_format
-
     for path in args.inputs:  # fail early on a missing file or unknown format, before loading the model
         detect_format(path, args.format)
         if path != "-":
-            import os
-
             if not os.path.isfile(path):
                 raise PcvError(f"{path}: no such file")
     model_path = resolve_model(args.model)
