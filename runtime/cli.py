@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from .batching import BatchPlan
 from .errors import PcvError
-from .pipeline import PipelineConfig, Result, classify_records
+from .pipeline import PipelineConfig, classify_records
 from .readers import ReaderConfig, Record, detect_format, read_records
 from .session import OnnxClassifier, SessionConfig, resolve_model
 from .writer import LazyFile, error_line, prediction_line
