@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import os
 import sys
@@ -43,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonl", "csv", "txt"], help="input format (default: from the suffix; stdin: jsonl)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--id-field", default="id")
+    p.add_argument("--max-line-bytes", type=int, default=ReaderConfig().max_line_bytes,
+                   help="a longer input line is reported as an error, not read (default: 16 MiB)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run of the same command (needs -o); refuses other inputs/model/options")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -75,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    if args.batch_size < 1 or args.max_tokens < 1 or args.window < 1:
-        raise PcvError("--batch-size, --max-tokens and --window must be positive")
+    if min(args.batch_size, args.max_tokens, args.window, args.max_line_bytes) < 1:
+        raise PcvError("--batch-size, --max-tokens, --window and --max-line-bytes must be positive")
     if args.inputs.count("-") > 1:
         raise PcvError("stdin (-) can be given once")
     for path in args.inputs:  # fail early on a missing file or unknown format, before loading the model
@@ -92,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
     if info.defaults:
         print(f"pcv-batch: model has no pcv metadata for {', '.join(info.defaults)}; using defaults", file=sys.stderr)
 
-    rc = ReaderConfig(text_field=args.text_field, id_field=args.id_field or None, format=args.format)
+    rc = ReaderConfig(text_field=args.text_field, id_field=args.id_field or None, format=args.format,
+                      max_line_bytes=args.max_line_bytes)
     errors_path = args.errors or (f"{args.output}.errors.jsonl" if args.output != "-" else "pcv-errors.jsonl")
     from . import resume as rs
 
@@ -127,12 +131,16 @@ def _run(args: argparse.Namespace) -> int:
     skip = state.records if state else 0
     multi = len(args.inputs) > 1
     pairs = _all_records(args.inputs, rc)
-    # The pipeline sees plain records; the source path travels in a parallel queue of the same order.
-    sources: list[str] = []
+    # The pipeline sees plain records; the source path travels in a parallel FIFO of the same order
+    # (popped as results come out, so it holds at most the records in flight).
+    sources: collections.deque[str] = collections.deque()
+    n_read = 0
 
     def records() -> Iterator[Record]:
+        nonlocal n_read
         for src, rec in itertools.islice(pairs, skip, None):
             sources.append(src)
+            n_read += 1
             yield rec
 
     show = not args.quiet and sys.stderr.isatty()
@@ -152,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         for k, res in enumerate(classify_records(records(), clf, cfg)):
-            src = sources[k]
+            src = sources.popleft()
             if res.probs is None:
                 n_bad += 1
                 err.write_line(error_line(res, src))
@@ -165,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
             if state is not None and (k + 1) % cfg.window == 0:
                 commit(k + 1)
         if state is not None:
-            commit(len(sources), complete=True)
+            commit(n_read, complete=True)
     finally:
         if bar is not None:
             bar.close()

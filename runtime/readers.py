@@ -35,6 +35,9 @@ class ReaderConfig:
     id_field: str | None = "id"  # optional; records without it get their line number
     label_field: str | None = None  # only training and pcv-check ask for labels
     format: str | None = None  # jsonl | csv | txt; None = from the file suffix
+    # A longer line is reported as bad without being held in memory: no review is this long, and
+    # the model reads only the first max_length bytes anyway.
+    max_line_bytes: int = 16 * 2**20
 
 
 def _open_binary(path: str) -> IO[bytes]:
@@ -66,69 +69,44 @@ def detect_format(path: str, explicit: str | None = None) -> str:
     return fmt
 
 
-def _decode(raw: bytes, line: int) -> str:
-    if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]  # a UTF-8 byte-order mark is not part of the text
-    return raw.decode("utf-8")
+def _utf8_error(raw: bytes, line: int, e: UnicodeDecodeError) -> str:
+    if line == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "invalid UTF-8: the file starts with a UTF-16 byte-order mark; convert it to UTF-8 (iconv -f UTF-16 -t UTF-8)"
+    return f"invalid UTF-8 at byte {e.start}"
 
 
-def _binary_lines(stream: IO[bytes], path: str) -> Iterator[tuple[int, bytes | None, str | None]]:
-    """(line number, raw line without its newline, or None and an error for a broken file)."""
+def _binary_lines(stream: IO[bytes], path: str, limit: int) -> Iterator[tuple[int, bytes | None, str | None, bool]]:
+    """(line number, raw line without its newline or None, error, fatal).
+
+    A line over `limit` bytes is skipped in 1 MiB chunks (never held whole) and comes out as an
+    error; a broken file (truncated .gz, read error) ends the stream with a fatal error.
+    """
     line = 0
     try:
-        for line, raw in enumerate(stream, start=1):
-            yield line, raw.rstrip(b"\r\n") if raw.endswith(b"\n") else raw, None
+        while raw := stream.readline(limit + 1):
+            line += 1
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                n = len(raw)
+                while (chunk := stream.readline(2**20)) and not chunk.endswith(b"\n"):
+                    n += len(chunk)
+                n += len(chunk)
+                yield line, None, f"line is {n:,} bytes, over the {limit:,}-byte limit (raise it with --max-line-bytes)", False
+                continue
+            if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark is not part of the text
+            yield line, raw.rstrip(b"\r\n") if raw.endswith(b"\n") else raw, None, False
     except (EOFError, OSError, gzip.BadGzipFile) as e:
-        yield line + 1, None, f"{path}: file is damaged after line {line} ({type(e).__name__}: {e})"
+        yield line + 1, None, f"{path}: file is damaged after line {line} ({type(e).__name__}: {e})", True
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN/Infinity; other tools do not
 
 
 def _field(obj: dict[str, Any], name: str, line: int) -> tuple[Any, str | None]:
     if name not in obj:
         return None, f"field {name!r} is missing (keys: {', '.join(map(str, list(obj)[:8]))})"
     return obj[name], None
-
-
-def read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record]:
-    for line, raw, broken in _binary_lines(stream, path):
-        if broken is not None:
-            yield Record(line, line, None, error=broken)
-            return
-        assert raw is not None
-        if not raw.strip():
-            continue  # blank lines are not records
-        try:
-            obj = json.loads(_decode(raw, line))
-        except UnicodeDecodeError as e:
-            yield Record(line, line, None, error=f"invalid UTF-8 at byte {e.start}")
-            continue
-        except json.JSONDecodeError as e:
-            yield Record(line, line, None, error=f"invalid JSON: {e.msg} at column {e.colno}")
-            continue
-        if not isinstance(obj, dict):
-            yield Record(line, line, None, error=f"expected a JSON object, got {type(obj).__name__}")
-            continue
-        rid = obj.get(cfg.id_field, line) if cfg.id_field else line
-        text, err = _field(obj, cfg.text_field, line)
-        if err is None and not isinstance(text, str):
-            err = f"field {cfg.text_field!r} is {type(text).__name__}, expected a string"
-        label = None
-        if err is None and cfg.label_field:
-            label, err = _field(obj, cfg.label_field, line)
-        yield Record(line, rid, text if err is None else None, label, err)
-
-
-def read_txt(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record]:
-    for line, raw, broken in _binary_lines(stream, path):
-        if broken is not None:
-            yield Record(line, line, None, error=broken)
-            return
-        assert raw is not None
-        if not raw.strip():
-            continue
-        try:
-            yield Record(line, line, _decode(raw, line))
-        except UnicodeDecodeError as e:
-            yield Record(line, line, None, error=f"invalid UTF-8 at byte {e.start}")
 
 
 def _has_surrogates(s: str) -> bool:
@@ -139,10 +117,62 @@ def _has_surrogates(s: str) -> bool:
     return False
 
 
+def read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record]:
+    for line, raw, bad, fatal in _binary_lines(stream, path, cfg.max_line_bytes):
+        if bad is not None:
+            yield Record(line, line, None, error=bad)
+            if fatal:
+                return
+            continue
+        assert raw is not None
+        if not raw.strip():
+            continue  # blank lines are not records
+        try:
+            obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+        except UnicodeDecodeError as e:
+            yield Record(line, line, None, error=_utf8_error(raw, line, e))
+            continue
+        except json.JSONDecodeError as e:
+            yield Record(line, line, None, error=f"invalid JSON: {e.msg} at column {e.colno}")
+            continue
+        except (ValueError, RecursionError) as e:  # a 5,000-digit number, arrays nested 100,000 deep
+            yield Record(line, line, None, error=f"invalid JSON: {type(e).__name__}: {str(e)[:120]}")
+            continue
+        if not isinstance(obj, dict):
+            yield Record(line, line, None, error=f"expected a JSON object, got {type(obj).__name__}")
+            continue
+        rid = obj.get(cfg.id_field, line) if cfg.id_field else line
+        text, err = _field(obj, cfg.text_field, line)
+        if err is None and not isinstance(text, str):
+            err = f"field {cfg.text_field!r} is {type(text).__name__}, expected a string"
+        if err is None and _has_surrogates(text):  # "\ud800" is valid JSON but not encodable text
+            err = f"field {cfg.text_field!r} holds an unpaired UTF-16 surrogate escape; it is not valid text"
+        label = None
+        if err is None and cfg.label_field:
+            label, err = _field(obj, cfg.label_field, line)
+        yield Record(line, rid, text if err is None else None, label, err)
+
+
+def read_txt(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record]:
+    for line, raw, bad, fatal in _binary_lines(stream, path, cfg.max_line_bytes):
+        if bad is not None:
+            yield Record(line, line, None, error=bad)
+            if fatal:
+                return
+            continue
+        assert raw is not None
+        if not raw.strip():
+            continue
+        try:
+            yield Record(line, line, raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            yield Record(line, line, None, error=_utf8_error(raw, line, e))
+
+
 def read_csv(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record]:
     # surrogateescape keeps invalid bytes visible so one bad row does not stop the file.
     text_stream = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    csv.field_size_limit(2**31 - 1)
+    csv.field_size_limit(cfg.max_line_bytes)  # a longer field is one bad row; the csv module skips its line
     reader = csv.reader(text_stream)
     try:
         header = next(reader)

@@ -45,7 +45,8 @@ class LazyFile:
         self._f: IO[bytes] | None = None
 
     def write_line(self, line: str) -> None:
-        data = (line + "\n").encode("utf-8")
+        # A lone surrogate (an id read from "\ud800") becomes the JSON escape \ud800 again.
+        data = (line + "\n").encode("utf-8", "backslashreplace")
         if self._f is None:
             if self.path is None or self.path == "-":
                 self._f = sys.stdout.buffer
