@@ -7,6 +7,7 @@ in, because unpickling a file from elsewhere can run code.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -18,6 +19,49 @@ from transformers import PerceiverConfig, PerceiverForSequenceClassification
 from pcv.runtime.errors import ModelError
 
 IMDB_LABELS = {0: "neg", 1: "pos"}
+
+# config.json is untrusted: sizes are checked before transformers allocates anything.
+_SIZE_FIELDS = {  # field -> largest value any real Perceiver uses, times a generous margin
+    "num_latents": 1 << 16, "d_latents": 1 << 16, "d_model": 1 << 16, "num_blocks": 1 << 10,
+    "num_self_attends_per_block": 1 << 10, "num_self_attention_heads": 1 << 10,
+    "num_cross_attention_heads": 1 << 10, "max_position_embeddings": 1 << 20, "vocab_size": 1 << 20,
+    "self_attention_widening_factor": 64, "cross_attention_widening_factor": 64,
+    "qk_channels": 1 << 16, "v_channels": 1 << 16,
+}
+MAX_PARAMS = 4_000_000_000  # 20x the 206M language-perceiver
+
+
+def estimate_params(cfg: dict) -> int:
+    """Parameters of a PerceiverForSequenceClassification from its config, to within ~10 %
+    (biases, norms and the decoder left out)."""
+    d_lat, d_model, vocab = cfg.get("d_latents", 1280), cfg.get("d_model", 768), cfg.get("vocab_size", 262)
+    qk = cfg.get("qk_channels") or d_lat
+    v = cfg.get("v_channels") or qk
+    emb = (vocab + cfg.get("max_position_embeddings", 2048)) * d_model + cfg.get("num_latents", 256) * d_lat
+    cross = (d_lat + d_model) * qk + d_model * v + v * d_lat + 2 * cfg.get("cross_attention_widening_factor", 1) * d_lat**2
+    layer = 2 * d_lat * qk + 2 * d_lat * v + 2 * cfg.get("self_attention_widening_factor", 1) * d_lat**2
+    return emb + cross + cfg.get("num_self_attends_per_block", 26) * layer
+
+
+def check_config(path: Path) -> dict:
+    """Read config.json as data and refuse what is not a sane Perceiver, before any weights load."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelError(f"{path}: not a readable JSON config ({e})") from e
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    if cfg.get("model_type") != "perceiver":
+        raise ModelError(f"{path}: model_type is {cfg.get('model_type')!r}, expected 'perceiver'")
+    for name, limit in _SIZE_FIELDS.items():
+        value = cfg.get(name)
+        if value is None:
+            continue  # transformers' default
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            raise ModelError(f"{path}: field {name!r} = {value!r} is not an integer in 1..{limit}")
+    if (n := estimate_params(cfg)) > MAX_PARAMS:
+        raise ModelError(f"{path}: this config describes ~{n / 1e9:.0f}B parameters (limit {MAX_PARAMS / 1e9:.0f}B); refusing to build it")
+    return cfg
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +114,7 @@ def load_classifier(model: str, *, allow_pickle: bool = False) -> PerceiverForSe
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"{path}: no config.json; a model dir needs config.json and model.safetensors")
+        check_config(path / "config.json")
         has_st = any(path.glob("*.safetensors"))
         has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
         if not has_st and has_pickle and not allow_pickle:

@@ -21,6 +21,7 @@ import onnx
 import torch
 
 from pcv.runtime.errors import ModelError, PcvError
+from pcv.runtime.modelfile import DIGEST_KEY, graph_digest
 from pcv.runtime.tokenizer import PerceiverByteTokenizer
 
 from .modeling import weights_hash
@@ -84,13 +85,21 @@ def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
 
 
 def save_onnx(proto: onnx.ModelProto, out: Path) -> None:
-    """Save, using the external-data format when the weights pass what protobuf can hold."""
+    """Save, using the external-data format when the weights pass what protobuf can hold, and
+    record the digest of graph + weights (pcv.graph_sha256) that pcv-batch checks on load."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if proto.ByteSize() >= TWO_GB - 2**26:
+        # Moves the weights out of `proto` into OUT.data; proto keeps only the references.
         onnx.save_model(proto, out, save_as_external_data=True, all_tensors_to_one_file=True,
                         location=out.name + ".data", size_threshold=1024)
     else:
         onnx.save_model(proto, out)
+    digest = graph_digest(out)
+    set_metadata(proto, {DIGEST_KEY: digest})  # metadata sits outside the digested graph
+    out.write_bytes(proto.SerializeToString())
+    if graph_digest(out) != digest:
+        raise PcvError(f"{out}: the saved graph does not read back with the digest just computed")
 
 
 def export_onnx(model: torch.nn.Module, out: str | Path, cfg: ExportConfig = ExportConfig()) -> VerifyReport | None:

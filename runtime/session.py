@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import ModelError, ProviderError
+from .modelfile import check_onnx_file
 from .tokenizer import DEFAULT_MAX_LENGTH
 
 # pcv name -> ONNX Runtime provider. "auto" tries AUTO_ORDER and says which it took.
@@ -109,11 +110,9 @@ class OnnxClassifier:
 
         path = Path(path)
         try:
-            size = path.stat().st_size
+            check_onnx_file(path, max_bytes=MAX_ONNX_BYTES)  # untrusted: no path escapes, not cut short
         except OSError as e:
             raise ModelError(f"{path}: cannot read the model ({e})") from e
-        if size > MAX_ONNX_BYTES:
-            raise ModelError(f"{path}: {size / 2**30:.1f} GiB is larger than any pcv model; refusing to load it")
         self.provider = pick_provider(cfg.provider)
         self.session = self._open(path, cfg)
         self.info = _read_info(path, self.session)

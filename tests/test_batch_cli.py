@@ -86,7 +86,7 @@ def test_usage_errors_exit_2(tmp_path, tiny_dir, capsys):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx file")
     assert main([src, "--model", str(bad)]) == 2
-    assert "cannot load" in capsys.readouterr().err
+    assert "not a complete ONNX file" in capsys.readouterr().err
 
 
 def test_bundled_model_classifies_examples(tmp_path, capsys):
