@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Latency and throughput of pcv variants per provider, against the reference recipe, "
         "eager torch and Optimum, in one process on the same texts.",
         epilog="example: pcv-bench --variants out/m.int8.onnx --data val.jsonl --limit 400 --out bench-out\n"
-        "         pcv-bench --quick   (about a minute on 2 cores)",
+        "         pcv-bench --quick   (about a minute on 2 cores)\n"
+        "         pcv-bench --memory 10000,100000,1000000 --out bench-out/memory",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", help="fp32 .onnx or dir (default: the bundled model)")
@@ -35,7 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--quick", action="store_true", help="small grid and few texts: a CI smoke test")
     p.add_argument("--out", default="bench-out")
+    p.add_argument("--memory", metavar="SIZES", help="instead: peak RSS and throughput over time of pcv-batch on "
+                   "files of SIZES records, e.g. 10000,100000,1000000 (tiny random model unless --model)")
     a = p.parse_args(argv)
+    if a.memory:
+        from .memory import MemoryConfig, memory_markdown, run_memory
+
+        result = run_memory(MemoryConfig(sizes=_ints(a.memory), model=a.model, data=a.data, out=a.out))
+        print(memory_markdown(result))
+        return 0
     from .bench import BenchConfig, run_bench, write_report
 
     cfg = BenchConfig(model=a.model, hf_model=a.hf_model, variants=tuple(a.variants), providers=tuple(a.providers.split(",")),

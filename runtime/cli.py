@@ -187,3 +187,7 @@ def _run(args: argparse.Namespace) -> int:
         msg += f"; errors in {errors_path}"
     print(msg, file=sys.stderr)
     return EXIT_SOME_FAILED if n_bad else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

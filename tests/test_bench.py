@@ -41,3 +41,15 @@ def test_flops_of_language_perceiver_architecture():
     # DESIGN.md: about 100 GFLOP per example at 2,048 bytes, growing with length via the cross-attention
     assert 90e9 < perceiver_flops(cfg, 2048) < 130e9
     assert perceiver_flops(cfg, 512) < perceiver_flops(cfg, 2048)
+
+
+def test_memory_mode_runs_pcv_batch_and_reports_rss(tmp_path, tiny_dir):
+    from pcv.bench.memory import MemoryConfig, run_memory
+
+    result = run_memory(MemoryConfig(sizes=(300,), model=str(tiny_dir / "model.onnx"), out=str(tmp_path)))
+    floor, run = result["runs"]
+    assert (floor["records"], run["records"]) == (1, 300)
+    assert 10 < floor["peak_rss_mib"] < 4096 and run["peak_rss_mib"] >= floor["peak_rss_mib"] * 0.9
+    assert run["records_per_s"] > 0 and run["records_per_s_by_tenth"]
+    assert json.loads((tmp_path / "memory.json").read_text())["runs"] == result["runs"]
+    assert (tmp_path / "memory.md").read_text().count("\n") == 4
