@@ -86,28 +86,35 @@ def _copy_metadata(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
 
 
 def build_optimized(src: Path, out: Path, cfg: VariantConfig) -> VariantReport:
-    """Fuse attention, bias+GELU and residual+LayerNorm with ORT's transformer optimizer.
+    """Fuse attention, bias+GELU and residual+LayerNorm with ORT's transformer optimizer, then the
+    cross-attentions with our own pass (export/fusion.py).
 
     ORT has no 'perceiver' model type; its BERT fusions match the latent self-attention blocks
-    (same Q/K/V/softmax shape) — the cross-attention has different Q and KV inputs and stays
-    unfused. We count the fused ops and refuse to call a graph optimized when nothing fused.
+    (same Q/K/V input and length). The encoder and decoder cross-attentions (Q from one tensor,
+    K/V from another of another length) it leaves as loose nodes: we fuse those into
+    MultiHeadAttention. We count the fused ops and refuse to call a graph optimized when nothing
+    fused.
     """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
+
+    from .fusion import fuse_cross_attention
 
     base = onnx.load(str(src))
     before = op_counts(base)
     opts = FusionOptions("bert")
     opt = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, optimization_options=opts, opt_level=0)
     proto = opt.model
+    fuse_cross_attention(proto)
     after = op_counts(proto)
     fused = {op: after[op] - before.get(op, 0) for op in FUSED_OPS if after[op] - before.get(op, 0) > 0}
     if not fused:
         raise PcvError(f"{src}: no fusion applied by onnxruntime's optimizer; not writing an 'optimized' variant")
     _copy_metadata(base, proto)
     _finish(proto, src, out, "optimized", {"pcv.fused": json.dumps(fused)})
-    unfused = after.get("Softmax", 0)
-    notes = [f"{len(base.graph.node)} -> {len(proto.graph.node)} nodes", f"{unfused} softmax left unfused (cross-attention, decoder)"]
+    notes = [f"{len(base.graph.node)} -> {len(proto.graph.node)} nodes"]
+    if after.get("Softmax", 0):
+        notes.append(f"{after['Softmax']} softmax left unfused")
     return VariantReport("optimized", out, fused, notes)
 
 
@@ -127,13 +134,17 @@ def build_fp16(src: Path, out: Path, cfg: VariantConfig) -> VariantReport:
 
 
 def build_int8(src: Path, out: Path, cfg: VariantConfig) -> VariantReport:
-    """Dynamic int8 quantization of the MatMul weights (activations quantized at run time), for CPU."""
+    """Dynamic int8 quantization of the MatMul weights (activations quantized at run time), for CPU.
+
+    Per-channel weight scales: per-tensor scales changed 0.75 % of the bundled model's labels on
+    400 validation reviews, per-channel none, at the same speed (measured with pcv-check)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     base = onnx.load(str(src))
     with tempfile.TemporaryDirectory() as tmp:
         tmp_out = Path(tmp) / "q.onnx"
-        quantize_dynamic(str(src), str(tmp_out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Attention"])
+        quantize_dynamic(str(src), str(tmp_out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Attention"],
+                         per_channel=True)
         proto = onnx.load(str(tmp_out))
     _copy_metadata(base, proto)
     counts = op_counts(proto)
@@ -163,7 +174,14 @@ class _TextReader:
 
 
 def build_int8_static(src: Path, out: Path, cfg: VariantConfig) -> VariantReport:
-    """QDQ static int8 quantization calibrated on real text (MinMax, per-channel weights)."""
+    """QDQ static int8 quantization of the weight MatMuls, calibrated on real text.
+
+    MinMax calibration, per-channel int8 weights, asymmetric uint8 activations (post-GELU and
+    post-softmax values are one-sided; a symmetric range wastes half of it). The attention
+    products (Q·Kᵀ and softmax·V) stay float: both of their inputs are activations, and quantizing
+    them changed 10 % of the bundled model's labels, against 0 % without them (measured with
+    pcv-check on 400 validation reviews).
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     texts = [t for t in cfg.calibration_texts if t][: cfg.calibration_size]
@@ -171,13 +189,15 @@ def build_int8_static(src: Path, out: Path, cfg: VariantConfig) -> VariantReport
         raise PcvError("int8-static needs calibration text: pass --calibration FILE (a JSONL/CSV/TXT of real reviews)")
     base = onnx.load(str(src))
     names = tuple(i.name for i in base.graph.input)
+    weights = {i.name for i in base.graph.initializer}
+    act_products = [n.name for n in base.graph.node if n.op_type == "MatMul" and not any(i in weights for i in n.input)]
     reader = _TextReader(texts, names, cfg.max_length, cfg.calibration_batch)  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory() as tmp:
         tmp_out = Path(tmp) / "q.onnx"
         quantize_static(str(src), str(tmp_out), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
-                        per_channel=cfg.per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": True, "CalibTensorRangeSymmetric": True})
+                        nodes_to_exclude=act_products, per_channel=cfg.per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
         proto = onnx.load(str(tmp_out))
     _copy_metadata(base, proto)
     counts = op_counts(proto)
@@ -185,7 +205,8 @@ def build_int8_static(src: Path, out: Path, cfg: VariantConfig) -> VariantReport
         raise PcvError(f"{src}: static quantization inserted no QuantizeLinear nodes")
     _finish(proto, src, out, "int8-static", {"pcv.calibration_texts": str(len(texts))})
     return VariantReport("int8-static", out, {"QuantizeLinear": counts["QuantizeLinear"], "DequantizeLinear": counts["DequantizeLinear"]},
-                         [f"calibrated on {len(texts)} texts", f"per-channel={cfg.per_channel}"])
+                         [f"calibrated on {len(texts)} texts", f"per-channel={cfg.per_channel}",
+                          f"{len(act_products)} activation x activation MatMuls left in float"])
 
 
 def trt_profiles(max_length: int, batch_size: int, names: tuple[str, str] = ("input_ids", "attention_mask")) -> dict[str, str]:

@@ -49,7 +49,9 @@ def test_variant_parity(src, review_texts, kind, tol, batch, seq):
 def test_optimized_reports_fusions(src):
     _, path = src
     rep = build_variant("optimized", path, variant_path(path, "optimized"))
-    assert rep.fused.get("Attention", 0) == 2  # the two latent self-attention layers
+    assert rep.fused.get("Attention", 0) == 2  # the two latent self-attention layers (ORT's fusion)
+    assert rep.fused.get("MultiHeadAttention", 0) == 2  # encoder and decoder cross-attention (ours)
+    assert "Softmax" not in {n.op_type for n in onnx.load(str(rep.path)).graph.node}
     assert rep.fused.get("SkipLayerNormalization", 0) > 0
     meta = {p.key: p.value for p in onnx.load(str(rep.path)).metadata_props}
     assert json.loads(meta["pcv.fused"]) == rep.fused and meta["pcv.variant"] == "optimized"

@@ -1,0 +1,158 @@
+"""Our own fusion for the Perceiver graph: cross-attention -> com.microsoft MultiHeadAttention.
+
+onnxruntime's transformer optimizer fuses the latent self-attention with its BERT patterns (Q, K
+and V from one input, one sequence length). Perceiver's cross-attentions — latents attending to
+the bytes in the encoder, the class query attending to the latents in the decoder — take Q from
+one tensor and K/V from another, of another length, so they stay as ~20 loose nodes each. This
+pass matches what transformers' PerceiverSelfAttention exports to:
+
+    q = Add(MatMul(.., Wq), bq) -> Reshape(0,0,H,dh) -> Transpose(0,2,1,3)
+    k = Add(MatMul(.., Wk), bk) -> Reshape(0,0,H,dh) -> Transpose(0,2,3,1)          # Kᵀ
+    v = Add(MatMul(.., Wv), bv) -> Reshape(0,0,H,dv) -> Transpose(0,2,1,3)
+    p = Softmax(Add?(Div(MatMul(q, k), c), mask_bias))                              # (B, H, Nq, Nk)
+    out = Reshape(Transpose(MatMul(p, v), 0,2,1,3), (B, Nq, H*dv))
+
+and replaces it with MultiHeadAttention(q_add, k_add, v_add, key_padding_mask) with
+num_heads=H and scale=1/c. The mask bias must come from the `attention_mask` graph input through
+Unsqueeze/Cast/Sub/Mul only ((1 - mask) * min, as transformers builds it); it becomes an int32
+key_padding_mask. Anything else is left as it is and not counted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+MASK_OPS = {"Unsqueeze", "Cast", "Sub", "Mul"}
+
+
+def _perm(node: onnx.NodeProto) -> list[int] | None:
+    for a in node.attribute:
+        if a.name == "perm":
+            return list(a.ints)
+    return None
+
+
+class _Matcher:
+    def __init__(self, om) -> None:
+        self.om = om
+        self.producer = om.output_name_to_node()
+        self.consumers = om.input_name_to_nodes()
+
+    def parent(self, name: str, op: str) -> onnx.NodeProto | None:
+        n = self.producer.get(name)
+        return n if n is not None and n.op_type == op else None
+
+    def child(self, node: onnx.NodeProto, op: str) -> onnx.NodeProto | None:
+        """The one consumer of node's output, of type op; Shape readers beside it are allowed (they
+        only fed the Reshapes this pass removes, and are pruned with them)."""
+        kids = [k for k in self.consumers.get(node.output[0], []) if k.op_type != "Shape"]
+        return kids[0] if len(kids) == 1 and kids[0].op_type == op else None
+
+    def const(self, name: str) -> np.ndarray | None:
+        value = self.om.get_constant_value(name)
+        return None if value is None else np.asarray(value)
+
+    def heads_projection(self, name: str, perm: list[int]) -> tuple[list[onnx.NodeProto], str, int, int] | None:
+        """Transpose(Reshape(Add(..))) -> (its nodes, the Add output, heads, head size)."""
+        tr = self.parent(name, "Transpose")
+        if tr is None or _perm(tr) != perm:
+            return None
+        rs = self.parent(tr.input[0], "Reshape")
+        if rs is None or self.child(rs, "Transpose") is not tr or self.child(tr, "MatMul") is None:
+            return None
+        shape = self.const(rs.input[1])
+        if shape is None or shape.shape != (4,) or shape[0] != 0 or shape[1] != 0 or min(shape[2:]) < 1:
+            return None
+        add = self.parent(rs.input[0], "Add")
+        if add is None:
+            return None
+        return [tr, rs], add.output[0], int(shape[2]), int(shape[3])
+
+    def mask_from_input(self, name: str, graph_inputs: set[str]) -> str | None:
+        """The graph input a mask bias is computed from, if only MASK_OPS lie in between."""
+        todo, seen, found = [name], set(), None
+        while todo:
+            cur = todo.pop()
+            if cur in graph_inputs:
+                found = cur if found in (None, cur) else "ambiguous"
+                continue
+            node = self.producer.get(cur)
+            if node is None:
+                continue  # an initializer or constant
+            if node.op_type == "Constant":
+                continue
+            if node.op_type not in MASK_OPS or node.name in seen:
+                return None
+            seen.add(node.name)
+            todo.extend(i for i in node.input if i)
+        return found if found != "ambiguous" else None
+
+
+def fuse_cross_attention(model: onnx.ModelProto) -> int:
+    """Fuse every matching attention into MultiHeadAttention in place; returns how many."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    om = OnnxModel(model)
+    m = _Matcher(om)
+    graph_inputs = {i.name for i in model.graph.input}
+    mask_casts: dict[str, str] = {}  # attention_mask input -> its int32 cast
+    remove: list[onnx.NodeProto] = []
+    add: list[onnx.NodeProto] = []
+    for sm in [n for n in model.graph.node if n.op_type == "Softmax"]:
+        if any(a.name == "axis" and a.i not in (-1, 3) for a in sm.attribute):
+            continue
+        pv = m.child(sm, "MatMul")
+        if pv is None or pv.input[0] != sm.output[0]:
+            continue
+        tr_out = m.child(pv, "Transpose")
+        if tr_out is None or _perm(tr_out) != [0, 2, 1, 3]:
+            continue
+        rs_out = m.child(tr_out, "Reshape")
+        if rs_out is None:
+            continue
+        mask_input = None
+        mask_nodes: list[onnx.NodeProto] = []
+        pre = m.producer.get(sm.input[0])
+        if pre is not None and pre.op_type == "Add":
+            div = next((m.parent(i, "Div") for i in pre.input if m.parent(i, "Div") is not None), None)
+            if div is None:
+                continue
+            bias = pre.input[1] if pre.input[0] == div.output[0] else pre.input[0]
+            mask_input = m.mask_from_input(bias, graph_inputs)
+            if mask_input is None:
+                continue
+            mask_nodes = [pre]
+        else:
+            div = m.parent(sm.input[0], "Div")
+        if div is None:
+            continue
+        c = m.const(div.input[1])
+        qk = m.parent(div.input[0], "MatMul")
+        if c is None or c.size != 1 or qk is None:
+            continue
+        q = m.heads_projection(qk.input[0], [0, 2, 1, 3])
+        k = m.heads_projection(qk.input[1], [0, 2, 3, 1])
+        v = m.heads_projection(pv.input[1], [0, 2, 1, 3])
+        if q is None or k is None or v is None or not (q[2] == k[2] == v[2]) or q[3] != k[3]:
+            continue
+        inputs = [q[1], k[1], v[1]]
+        if mask_input is not None:
+            if mask_input not in mask_casts:
+                cast_out = f"{mask_input}_int32_for_mha"
+                add.append(helper.make_node("Cast", [mask_input], [cast_out], name=f"pcv_cast_{mask_input}", to=onnx.TensorProto.INT32))
+                mask_casts[mask_input] = cast_out
+            inputs += ["", mask_casts[mask_input]]  # (bias,) key_padding_mask
+        add.append(helper.make_node(
+            "MultiHeadAttention", inputs, [rs_out.output[0]], name=f"pcv_mha_{len(add)}", domain="com.microsoft",
+            num_heads=q[2], scale=float(1.0 / c.reshape(-1)[0]),
+        ))
+        remove += [qk, div, sm, pv, tr_out, rs_out, *mask_nodes, *q[0], *k[0], *v[0]]
+    fused = sum(n.op_type == "MultiHeadAttention" for n in add)
+    if fused:
+        om.remove_nodes(remove)
+        om.add_nodes(add)
+        om.prune_graph()  # the Shape/Gather/Concat that fed the removed Reshapes
+        om.topological_sort()
+    return fused
