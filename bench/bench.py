@@ -37,6 +37,7 @@ class BenchConfig:
     min_seconds: float = 1.0  # each grid point is repeated for at least this long
     threads: int | None = None
     baselines: bool = True
+    engine: bool = False  # also sweep session options / concurrency end to end (fp32, first provider)
     out: str = "bench-out"
 
 
@@ -47,6 +48,14 @@ def _timeit(fn, min_seconds: float, min_runs: int = 1) -> tuple[float, int]:
         fn()
         n += 1
     return (time.perf_counter() - t0) / n, n
+
+
+def gemm_peak_gflops(n: int = 2048) -> float:
+    """What this machine's BLAS reaches on a large float32 matmul: the practical fp32 peak."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    a @ a
+    best = min(_timeit(lambda: a @ a, 0.0, 1)[0] for _ in range(3))
+    return 2 * n**3 / best / 1e9
 
 
 def machine() -> dict:
@@ -63,6 +72,7 @@ def machine() -> dict:
     import os
 
     info["cpu_threads"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info["fp32_gemm_gflops"] = round(gemm_peak_gflops(), 1)
     try:
         import torch
 
@@ -112,6 +122,30 @@ def end_to_end(clf: OnnxClassifier, texts: list[str], batch_size: int) -> dict:
     n_bytes = int(sum(len(x.encode()) for x in texts))
     return {"examples_per_s": len(texts) / total, "bytes_per_s": n_bytes / total, "seconds": total, "labels": labels.tolist(),
             "stages_s": {"plan": t_plan, "tokenize": t_tok, "session_run": t_run, "post": t_post}}
+
+
+def engine_sweep(path: Path, texts: list[str], batch_sizes: tuple[int, ...], provider: str) -> list[dict]:
+    """pcv's pipeline end to end under each session/concurrency setting: what to set, measured."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    settings = {  # name -> (session config, concurrent session.run calls)
+        "default: all cores per run, spinning on": (SessionConfig(provider=provider), 1),
+        "spinning off": (SessionConfig(provider=provider, spinning=False), 1),
+        f"1 thread per run x {cores} concurrent runs": (SessionConfig(provider=provider, threads=1), cores),
+    }
+    rows = []
+    records = [Record(i + 1, i + 1, t) for i, t in enumerate(texts)]
+    for name, (scfg, runs) in settings.items():
+        clf = OnnxClassifier(path, scfg)
+        for b in batch_sizes:
+            cfg = PipelineConfig(plan=BatchPlan(batch_size=b, max_tokens=b * clf.info.max_length), concurrent_runs=runs)
+            list(classify_records(records[: 2 * b], clf, cfg))  # warm-up
+            t0 = time.perf_counter()
+            for _ in classify_records(records, clf, cfg):
+                pass
+            rows.append({"setting": name, "batch": b, "examples_per_s": len(texts) / (time.perf_counter() - t0)})
+    return rows
 
 
 def grid(clf: OnnxClassifier, cfg: BenchConfig, flops_at) -> list[dict]:
@@ -240,6 +274,8 @@ def run_bench(cfg: BenchConfig) -> dict:
                    "end_to_end": end_to_end(clf, texts, cfg.batch_size)}
             run["end_to_end"]["gflop_per_s"] = sum(flops_at(x) for x in lengths) / run["end_to_end"]["seconds"] / 1e9
             result["runs"].append(run)
+    if cfg.engine and result["runs"]:
+        result["engine"] = engine_sweep(fp32, texts, cfg.batch_sizes, result["runs"][0]["provider"])
     max_length = max_length or 2048
     result["flops_per_example_mean"] = float(np.mean([flops_at(min(len(t.encode()) + 2, max_length)) for t in texts]))
     result["tokenizer"] = _tokenizer_speed(texts, max_length)
@@ -262,7 +298,8 @@ def run_bench(cfg: BenchConfig) -> dict:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"Machine: {m.get('cpu')} ({m.get('cpu_threads')} threads), GPU: {m.get('gpu')}, onnxruntime {m['onnxruntime']}, "
+    lines = [f"Machine: {m.get('cpu')} ({m.get('cpu_threads')} threads, fp32 GEMM {m.get('fp32_gemm_gflops')} GFLOP/s "
+             f"measured with numpy), GPU: {m.get('gpu')}, onnxruntime {m['onnxruntime']}, "
              f"torch {m.get('torch')}. Texts: {result['texts']} from {result['config']['data']}; "
              f"mean {result['flops_per_example_mean'] / 1e9:.2f} GFLOP/example.", ""]
     base = result.get("baselines", {})
@@ -286,6 +323,13 @@ def markdown(result: dict) -> str:
         l1, l8, st = r["latency"]["batch1"], r["latency"]["batch8"], r["end_to_end"]["stages_s"]
         lines.append(f"| {r['variant']} | {r['provider']} | {l1['p50_ms']:.1f} | {l1['p90_ms']:.1f} | {l1['p99_ms']:.1f} | {l8['p50_ms']:.1f} | "
                      f"{st['tokenize']:.3f} / {st['plan']:.4f} / {st['session_run']:.2f} / {st['post']:.4f} |")
+    if result.get("engine"):
+        sizes = sorted({r["batch"] for r in result["engine"]})
+        lines += ["", "Engine settings, end to end (fp32, ex/s):", "",
+                  "| setting | " + " | ".join(f"batch {b}" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
+        for name in dict.fromkeys(r["setting"] for r in result["engine"]):
+            got = {r["batch"]: r["examples_per_s"] for r in result["engine"] if r["setting"] == name}
+            lines.append(f"| {name} | " + " | ".join(f"{got[b]:.2f}" for b in sizes) + " |")
     tk = result.get("tokenizer", {})
     if "speedup" in tk:
         lines += ["", f"Tokenizer, 64 real reviews: pcv {1000 * tk['pcv_s_per_64']:.2f} ms, transformers "

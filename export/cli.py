@@ -1,4 +1,4 @@
-"""Console scripts of the export side: pcv-train and pcv-export."""
+"""Console scripts of the export side: pcv-train, pcv-pretrain, pcv-export and pcv-check."""
 
 from __future__ import annotations
 
@@ -73,6 +73,57 @@ def train_main(argv: list[str] | None = None) -> int:
     except PcvError as e:
         return _fail(str(e))
     print(f"best validation accuracy {m['best_val_accuracy']:.4f} after {m['steps']} steps; model in {a.out}")
+    return 0
+
+
+def pretrain_main(argv: list[str] | None = None) -> int:
+    from .modeling import ModelSize
+
+    p = argparse.ArgumentParser(
+        prog="pcv-pretrain",
+        description="Masked-byte pretraining of a Perceiver encoder on text-only files (span masking); "
+        "fine-tune it with pcv-train --init-from OUT.",
+        epilog="example: pcv-pretrain unsup.jsonl.gz train.jsonl.gz --out runs/mlm --max-minutes 60\n"
+        "         pcv-train train.jsonl.gz --init-from runs/mlm --out runs/clf --lr 1e-4",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("data", nargs="+", help="JSONL/CSV/TXT text files (.gz ok); labels, if any, are ignored")
+    p.add_argument("--out", required=True, help="output dir (PerceiverForMaskedLM); rerun the same command to resume")
+    p.add_argument("--init", choices=["patch", "default"], default="patch", help="encoder initialisation")
+    for name, default in (("num-latents", 256), ("d-latents", 256), ("d-model", 256), ("num-layers", 6),
+                          ("self-heads", 8), ("cross-heads", 8), ("cross-widening", 1), ("self-widening", 1)):
+        p.add_argument(f"--{name}", type=int, default=default)
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--mask-rate", type=float, default=0.15, help="fraction of content bytes masked")
+    p.add_argument("--mean-span", type=float, default=3.0, help="mean masked span in bytes")
+    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup-steps", type=int, default=500)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--limit", type=int, help="use only the first N texts")
+    a = p.parse_args(argv)
+    from .pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(
+        data=tuple(a.data), out=a.out, init=a.init,
+        size=ModelSize(num_latents=a.num_latents, d_latents=a.d_latents, d_model=a.d_model, num_layers=a.num_layers,
+                       self_heads=a.self_heads, cross_heads=a.cross_heads, max_length=a.max_length,
+                       cross_widening=a.cross_widening, self_widening=a.self_widening),
+        text_field=a.text_field, mask_rate=a.mask_rate, mean_span=a.mean_span, max_length=a.max_length,
+        batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps, epochs=a.epochs, max_minutes=a.max_minutes,
+        eval_every=a.eval_every, checkpoint_every=a.checkpoint_every, seed=a.seed, device=a.device, limit=a.limit,
+    )
+    try:
+        m = pretrain(cfg)
+    except PcvError as e:
+        return _fail(str(e))
+    print(f"masked-byte accuracy {m['best_masked_byte_accuracy']:.4f} after {m['steps']} steps; encoder in {a.out}")
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -26,6 +27,9 @@ class PipelineConfig:
     plan: BatchPlan = field(default_factory=BatchPlan)
     window: int = 4096  # records length-sorted together: bounds memory and the reorder buffer
     prefetch: int = 2  # windows prepared ahead of the session
+    # session.run calls in flight at once (threads; onnxruntime releases the GIL). With 1 intra-op
+    # thread each this trades intra-op parallelism for batch parallelism; pcv-bench --engine measures it.
+    concurrent_runs: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +101,12 @@ def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: Pipeli
             return
         q.put(_DONE)
 
+    def run(batch: Batch) -> npt.NDArray[np.float32]:
+        return softmax(clf.logits(batch[1], batch[2]))
+
     worker = threading.Thread(target=produce, name="pcv-prepare", daemon=True)
     worker.start()
+    pool = ThreadPoolExecutor(cfg.concurrent_runs, thread_name_prefix="pcv-run") if cfg.concurrent_runs > 1 else None
     try:
         while True:
             item = q.get()
@@ -107,13 +115,15 @@ def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: Pipeli
             if isinstance(item, BaseException):
                 raise item
             probs = np.zeros((len(item.good), len(clf.info.id2label)), dtype=np.float32)
-            for idx, ids, mask in item.batches:
-                probs[idx] = softmax(clf.logits(ids, mask))
+            for (idx, _, _), p in zip(item.batches, pool.map(run, item.batches) if pool else map(run, item.batches)):
+                probs[idx] = p
             slot = {pos: k for k, pos in enumerate(item.good)}
             for pos, rec in enumerate(item.records):
                 k = slot.get(pos)
                 yield Result(rec, None if k is None else probs[k], bool(k is not None and item.truncated[k]))
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         stop.set()
         while worker.is_alive():  # drain so the producer can finish
             try:

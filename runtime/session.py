@@ -71,6 +71,7 @@ class ModelInfo:
 class SessionConfig:
     provider: str = "auto"  # auto | cpu | cuda | tensorrt
     threads: int | None = None  # intra-op threads; None = onnxruntime's choice (all cores)
+    spinning: bool | None = None  # intra-op threads busy-wait between ops; None = onnxruntime's default (on)
     trt_cache_dir: str | None = None  # TensorRT engine cache
 
 
@@ -127,6 +128,8 @@ class OnnxClassifier:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if cfg.threads:
             opts.intra_op_num_threads = cfg.threads
+        if cfg.spinning is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.spinning else "0")
         opts.log_severity_level = 3
         providers: list = [PROVIDERS[self.provider]]
         if self.provider == "tensorrt":

@@ -12,7 +12,7 @@ def test_quick_bench_report(tmp_path, tiny_dir, reviews):
     data = tmp_path / "r.jsonl"
     data.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in reviews[:12]))
     out = tmp_path / "bench"
-    rc = main(["--quick", "--model", str(tiny_dir / "model.onnx"), "--data", str(data), "--out", str(out),
+    rc = main(["--quick", "--engine", "--model", str(tiny_dir / "model.onnx"), "--data", str(data), "--out", str(out),
                "--providers", "cpu,cuda"])
     assert rc == 0
     res = json.loads((out / "bench.json").read_text())
@@ -31,6 +31,8 @@ def test_quick_bench_report(tmp_path, tiny_dir, reviews):
         assert any(s["provider"] == "cuda" and "not available" in s["reason"] for s in res["skipped"])
     md = (out / "bench.md").read_text()
     assert "baseline: transformers tokenizer padding=max_length" in md and "pcv-batch fp32" in md
+    assert {(r["setting"].split(":")[0], r["batch"]) for r in res["engine"]} >= {("default", 1), ("default", 8), ("spinning off", 8)}
+    assert "Engine settings" in md and res["machine"]["fp32_gemm_gflops"] > 0
     assert (out / "throughput.png").stat().st_size > 1000 and (out / "latency.png").stat().st_size > 1000
 
 

@@ -1,0 +1,66 @@
+"""pcv-pretrain: span masking, a tiny pretraining run that resumes, and transfer into pcv-train."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pcv.export.cli import pretrain_main  # noqa: E402
+from pcv.export.modeling import ModelSize, load_classifier  # noqa: E402
+from pcv.export.pretrain import IGNORE, PretrainConfig, pretrain, span_mask  # noqa: E402
+from pcv.runtime import PerceiverByteTokenizer  # noqa: E402
+from pcv.runtime.tokenizer import MASK  # noqa: E402
+
+TINY = ModelSize(num_latents=16, d_latents=32, d_model=32, num_layers=1, self_heads=2, cross_heads=2, max_length=256)
+
+
+def test_span_mask_only_touches_content_and_hits_the_rate(review_texts):
+    enc = PerceiverByteTokenizer()(review_texts[:64], max_length=512, truncation=True, padding="longest")
+    rng = np.random.default_rng(0)
+    x, y = span_mask(enc.input_ids, enc.attention_mask, rng, rate=0.15, mean_span=3.0, max_span=10)
+    chosen = y != IGNORE
+    content = (enc.input_ids >= 6) & (enc.attention_mask == 1)
+    assert not (chosen & ~content).any()  # never specials or padding
+    assert np.array_equal(y[chosen], enc.input_ids[chosen])  # labels are the original bytes
+    assert np.array_equal(x[~chosen], enc.input_ids[~chosen])  # nothing else changes
+    rate = chosen.sum() / content.sum()
+    assert 0.10 < rate < 0.20
+    assert 0.7 < (x[chosen] == MASK).mean() < 0.9
+    # spans: a masked byte's neighbour is masked far more often than the rate
+    both = (chosen[:, 1:] & chosen[:, :-1]).sum() / chosen[:, :-1].sum()
+    assert both > 0.4
+
+
+def test_tiny_pretraining_resumes_and_transfers_to_the_classifier(tmp_path, review_texts, capsys):
+    data = tmp_path / "unsup.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in review_texts[:80]))
+    out = tmp_path / "mlm"
+    cfg = PretrainConfig(data=(str(data),), out=str(out), size=TINY, max_length=256, batch_size=8, epochs=1.0,
+                         warmup_steps=2, eval_every=4, checkpoint_every=3, val_texts=16, device="cpu")
+    first = pretrain(PretrainConfig(**{**cfg.__dict__, "epochs": 0.5}))
+    assert first["steps"] == 4 and (out / "checkpoint" / "state.pt").is_file()
+    capsys.readouterr()
+    again = pretrain(cfg)  # same dir: resumes at step 4, not from scratch (72 texts / 8 = 9 steps)
+    assert again["steps"] == 9 and "at step 4" in capsys.readouterr().out
+    assert [h["step"] for h in again["history"]] == [4, 8, 9]
+    assert 0.0 <= again["best_masked_byte_accuracy"] <= 1.0
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+
+    clf = load_classifier(str(out))  # the encoder comes over; the head is new
+    from transformers import PerceiverForMaskedLM
+
+    mlm = PerceiverForMaskedLM.from_pretrained(out)
+    for name in ("perceiver.embeddings.latents", "perceiver.input_preprocessor.embeddings.weight",
+                 "perceiver.encoder.cross_attention.attention.self.query.weight"):
+        assert torch.equal(clf.state_dict()[name], mlm.state_dict()[name]), name
+
+
+def test_pretrain_cli_refuses_empty_input(tmp_path, capsys):
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("\n")
+    assert pretrain_main([str(empty), "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    assert "no texts" in capsys.readouterr().err
