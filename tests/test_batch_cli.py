@@ -100,3 +100,14 @@ def test_bundled_model_classifies_examples(tmp_path, capsys):
     assert len(got) == len(examples.read_text().splitlines())
     assert all(g["label"] in ("neg", "pos") and abs(sum(g["probs"].values()) - 1) < 1e-4 for g in got)
     assert "provider cpu (picked by auto)" in capsys.readouterr().err
+
+
+def test_io_binding_gives_the_same_logits(tiny_dir, review_texts):
+    from pcv.runtime.session import SessionConfig
+
+    enc = PerceiverByteTokenizer()(review_texts[:5], max_length=256, truncation=True, padding="longest")
+    plain = OnnxClassifier(tiny_dir / "model.onnx", SessionConfig(provider="cpu"))
+    bound = OnnxClassifier(tiny_dir / "model.onnx", SessionConfig(provider="cpu", io_binding=True))
+    assert not plain.io_binding and bound.io_binding
+    np.testing.assert_array_equal(bound.logits(enc.input_ids, enc.attention_mask),
+                                  plain.logits(enc.input_ids, enc.attention_mask))
