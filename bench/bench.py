@@ -16,7 +16,7 @@ import numpy as np
 from pcv.runtime.batching import BatchPlan, plan_batches
 from pcv.runtime.pipeline import PipelineConfig, classify_records
 from pcv.runtime.readers import ReaderConfig, Record, read_records
-from pcv.runtime.session import PROVIDERS, OnnxClassifier, SessionConfig, available_providers, resolve_model, softmax
+from pcv.runtime.session import DEFAULT_BATCH_SIZE, PROVIDERS, OnnxClassifier, SessionConfig, available_providers, resolve_model, softmax
 from pcv.runtime.tokenizer import PerceiverByteTokenizer
 
 from .flops import perceiver_flops
@@ -32,7 +32,7 @@ class BenchConfig:
     seq_lens: tuple[int, ...] = (256, 1024, 2048)
     data: str = "examples/reviews.jsonl"
     limit: int = 256  # texts for end to end and baselines
-    batch_size: int = 64  # pcv-batch's batch size end to end
+    batch_size: int | None = None  # pcv-batch's batch size end to end; None = its default per provider
     latency_runs: int = 30
     min_seconds: float = 1.0  # each grid point is repeated for at least this long
     threads: int | None = None
@@ -271,7 +271,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             lengths = [min(len(t.encode()) + 2, max_length) for t in texts]
             run = {"model": str(path), "variant": clf.info.variant, "provider": prov, "size_mib": path.stat().st_size / 2**20,
                    "grid": grid(clf, cfg, flops_at), "latency": latency(clf, int(np.median(lengths)), cfg.latency_runs),
-                   "end_to_end": end_to_end(clf, texts, cfg.batch_size)}
+                   "end_to_end": end_to_end(clf, texts, cfg.batch_size or DEFAULT_BATCH_SIZE[prov])}
             run["end_to_end"]["gflop_per_s"] = sum(flops_at(x) for x in lengths) / run["end_to_end"]["seconds"] / 1e9
             result["runs"].append(run)
     if cfg.engine and result["runs"]:

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=256)
     p.add_argument("--threads", type=int)
     p.add_argument("--latency-runs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64, help="pcv-batch's batch size end to end")
+    p.add_argument("--batch-size", type=int, help="pcv-batch's batch size end to end (default: pcv-batch's for the provider)")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--engine", action="store_true", help="also sweep session settings (spinning, threads x concurrent runs) "
                    "end to end at each --batch-sizes")

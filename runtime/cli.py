@@ -14,7 +14,7 @@ from .batching import BatchPlan
 from .errors import PcvError
 from .pipeline import PipelineConfig, classify_records
 from .readers import ReaderConfig, Record, detect_format, read_records
-from .session import OnnxClassifier, SessionConfig, resolve_model
+from .session import DEFAULT_BATCH_SIZE, OnnxClassifier, SessionConfig, resolve_model
 from .writer import LazyFile, error_line, prediction_line
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="an .onnx file or a dir holding model.onnx (default: the bundled IMDB model)")
     p.add_argument("--provider", default="auto", help="auto | cpu | cuda | tensorrt (default: auto)")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, help="texts per session.run (default: 8 on cpu, 64 on cuda/tensorrt)")
     p.add_argument("--max-tokens", type=int, default=65_536, help="padded tokens per session.run")
     p.add_argument("--window", type=int, default=4096, help="records length-sorted together")
     p.add_argument("--format", choices=["jsonl", "csv", "txt"], help="input format (default: from the suffix; stdin: jsonl)")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    if min(args.batch_size, args.max_tokens, args.window, args.max_line_bytes) < 1:
+    if min(args.batch_size or 1, args.max_tokens, args.window, args.max_line_bytes) < 1:
         raise PcvError("--batch-size, --max-tokens, --window and --max-line-bytes must be positive")
     if args.inputs.count("-") > 1:
         raise PcvError("stdin (-) can be given once")
@@ -150,7 +150,8 @@ def _run(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         bar = tqdm(unit="rec", file=sys.stderr, desc="pcv-batch", mininterval=0.5)
-    cfg = PipelineConfig(plan=BatchPlan(batch_size=args.batch_size, max_tokens=args.max_tokens), window=args.window)
+    batch_size = args.batch_size or DEFAULT_BATCH_SIZE[clf.provider]
+    cfg = PipelineConfig(plan=BatchPlan(batch_size=batch_size, max_tokens=args.max_tokens), window=args.window)
 
     def commit(done: int, complete: bool = False) -> None:
         out.flush(durable=True)

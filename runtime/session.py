@@ -26,6 +26,10 @@ AUTO_ORDER = ("cuda", "cpu")
 # What auto picks for a variant (from its metadata): int8 kernels are CPU kernels, a tensorrt
 # variant wants TensorRT. Variants not listed follow AUTO_ORDER.
 VARIANT_AUTO = {"int8": ("cpu",), "int8-static": ("cpu",), "tensorrt": ("tensorrt", "cuda", "cpu")}
+# pcv-batch's batch size per provider. CPU: batch 8 ran 5-12 % faster than 32/64 for every
+# variant and length in pcv-bench's grid (bench/results/cpu-bundled): smaller activations stay in
+# cache, and the latent stack's cost per example does not shrink with batching. GPUs want big batches.
+DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 64, "tensorrt": 64}
 DEFAULT_MODEL = "imdb-perceiver"
 MAX_ONNX_BYTES = 8 * 2**30  # refuse absurd files before onnxruntime tries to map them
 
