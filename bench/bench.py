@@ -16,7 +16,7 @@ import numpy as np
 from pcv.runtime.batching import BatchPlan, plan_batches
 from pcv.runtime.pipeline import PipelineConfig, classify_records
 from pcv.runtime.readers import ReaderConfig, Record, read_records
-from pcv.runtime.session import DEFAULT_BATCH_SIZE, PROVIDERS, OnnxClassifier, SessionConfig, available_providers, resolve_model, softmax
+from pcv.runtime.session import PROVIDERS, OnnxClassifier, SessionConfig, available_providers, plan_engine, resolve_model, softmax
 from pcv.runtime.tokenizer import PerceiverByteTokenizer
 
 from .flops import perceiver_flops
@@ -94,10 +94,11 @@ def _read_texts(path: str, limit: int) -> tuple[list[str], float]:
     return texts, time.perf_counter() - t0
 
 
-def end_to_end(clf: OnnxClassifier, texts: list[str], batch_size: int) -> dict:
-    """pcv's pipeline over in-memory records, plus each stage timed on its own."""
+def end_to_end(clf: OnnxClassifier, texts: list[str], batch_size: int, concurrent_runs: int = 1) -> dict:
+    """pcv's pipeline over in-memory records, plus each stage timed on its own (one run at a time)."""
     records = [Record(i + 1, i + 1, t) for i, t in enumerate(texts)]
-    cfg = PipelineConfig(plan=BatchPlan(batch_size=batch_size, max_tokens=batch_size * clf.info.max_length))
+    cfg = PipelineConfig(plan=BatchPlan(batch_size=batch_size, max_tokens=batch_size * clf.info.max_length),
+                         concurrent_runs=concurrent_runs)
     list(classify_records(records[:8], clf, cfg))  # warm-up, as every baseline gets one
     t0 = time.perf_counter()
     probs = [r.probs for r in classify_records(records, clf, cfg)]
@@ -132,7 +133,7 @@ def engine_sweep(path: Path, texts: list[str], batch_sizes: tuple[int, ...], pro
     settings = {  # name -> (session config, concurrent session.run calls)
         "default: all cores per run, spinning on": (SessionConfig(provider=provider), 1),
         "spinning off": (SessionConfig(provider=provider, spinning=False), 1),
-        f"1 thread per run x {cores} concurrent runs": (SessionConfig(provider=provider, threads=1), cores),
+        f"1 thread per run x {cores} concurrent runs (pcv-batch's CPU default)": (SessionConfig(provider=provider, threads=1), cores),
     }
     rows = []
     records = [Record(i + 1, i + 1, t) for i, t in enumerate(texts)]
@@ -146,6 +147,15 @@ def engine_sweep(path: Path, texts: list[str], batch_sizes: tuple[int, ...], pro
                 pass
             rows.append({"setting": name, "batch": b, "examples_per_s": len(texts) / (time.perf_counter() - t0)})
     return rows
+
+
+def _pcv_batch_end_to_end(path: Path, provider: str, texts: list[str], cfg: BenchConfig) -> dict:
+    """End to end the way pcv-batch runs it: its engine settings for this provider."""
+    _, engine = plan_engine(path, provider, batch_size=cfg.batch_size, threads=cfg.threads)
+    clf = OnnxClassifier(path, SessionConfig(provider=provider, threads=engine.threads))
+    e2e = end_to_end(clf, texts, engine.batch_size, engine.concurrent_runs or 1)
+    e2e["engine"] = {"batch_size": engine.batch_size, "threads": engine.threads, "concurrent_runs": engine.concurrent_runs}
+    return e2e
 
 
 def grid(clf: OnnxClassifier, cfg: BenchConfig, flops_at) -> list[dict]:
@@ -271,7 +281,7 @@ def run_bench(cfg: BenchConfig) -> dict:
             lengths = [min(len(t.encode()) + 2, max_length) for t in texts]
             run = {"model": str(path), "variant": clf.info.variant, "provider": prov, "size_mib": path.stat().st_size / 2**20,
                    "grid": grid(clf, cfg, flops_at), "latency": latency(clf, int(np.median(lengths)), cfg.latency_runs),
-                   "end_to_end": end_to_end(clf, texts, cfg.batch_size or DEFAULT_BATCH_SIZE[prov])}
+                   "end_to_end": _pcv_batch_end_to_end(path, prov, texts, cfg)}
             run["end_to_end"]["gflop_per_s"] = sum(flops_at(x) for x in lengths) / run["end_to_end"]["seconds"] / 1e9
             result["runs"].append(run)
     if cfg.engine and result["runs"]:
@@ -314,7 +324,9 @@ def markdown(result: dict) -> str:
         e = r["end_to_end"]
         f = lambda k: f"{e[k]:.2f}×" if k in e else "—"  # noqa: E731
         agree = f"{e['label_agreement_vs_reference']:.1%}" if "label_agreement_vs_reference" in e else "—"
-        lines.append(f"| pcv-batch {r['variant']} ({Path(r['model']).name}) | {r['provider']} | {e['examples_per_s']:.2f} | "
+        eng = e.get("engine", {})
+        how = f"; batch {eng['batch_size']}, {eng['concurrent_runs']} run(s) x {eng['threads'] or 'all'} thread(s)" if eng else ""
+        lines.append(f"| pcv-batch {r['variant']} ({Path(r['model']).name}{how}) | {r['provider']} | {e['examples_per_s']:.2f} | "
                      f"{f('x_vs_reference')} | {f('x_vs_eager_dynamic')} | {f('x_vs_optimum')} | {e['gflop_per_s']:.1f} | {agree} |")
     for s in result["skipped"]:
         lines.append(f"| {Path(s['model']).name} | {s['provider']} | skipped: {s['reason'][:60]} | | | | | |")

@@ -14,7 +14,7 @@ from .batching import BatchPlan
 from .errors import PcvError
 from .pipeline import PipelineConfig, classify_records
 from .readers import ReaderConfig, Record, detect_format, read_records
-from .session import DEFAULT_BATCH_SIZE, OnnxClassifier, SessionConfig, resolve_model
+from .session import OnnxClassifier, SessionConfig, plan_engine, resolve_model
 from .writer import LazyFile, error_line, prediction_line
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -37,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--errors", help="errors JSONL (default: OUTPUT.errors.jsonl, or pcv-errors.jsonl for stdout)")
     p.add_argument("--model", help="an .onnx file or a dir holding model.onnx (default: the bundled IMDB model)")
     p.add_argument("--provider", default="auto", help="auto | cpu | cuda | tensorrt (default: auto)")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
-    p.add_argument("--batch-size", type=int, help="texts per session.run (default: 8 on cpu, 64 on cuda/tensorrt)")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads per run (default: 1 on cpu, all on gpu)")
+    p.add_argument("--concurrent-runs", type=int, help="session.run calls in flight (default: one per core on cpu, 1 on gpu)")
+    p.add_argument("--batch-size", type=int, help="texts per session.run (default: 1 on cpu, 64 on cuda/tensorrt)")
     p.add_argument("--max-tokens", type=int, default=65_536, help="padded tokens per session.run")
     p.add_argument("--window", type=int, default=4096, help="records length-sorted together")
     p.add_argument("--format", choices=["jsonl", "csv", "txt"], help="input format (default: from the suffix; stdin: jsonl)")
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    if min(args.batch_size or 1, args.max_tokens, args.window, args.max_line_bytes) < 1:
-        raise PcvError("--batch-size, --max-tokens, --window and --max-line-bytes must be positive")
+    if min(args.batch_size or 1, args.threads or 1, args.concurrent_runs or 1, args.max_tokens, args.window, args.max_line_bytes) < 1:
+        raise PcvError("--batch-size, --threads, --concurrent-runs, --max-tokens, --window and --max-line-bytes must be positive")
     if args.inputs.count("-") > 1:
         raise PcvError("stdin (-) can be given once")
     for path in args.inputs:  # fail early on a missing file or unknown format, before loading the model
@@ -88,10 +89,14 @@ def _run(args: argparse.Namespace) -> int:
             if not os.path.isfile(path):
                 raise PcvError(f"{path}: no such file")
     model_path = resolve_model(args.model)
-    clf = OnnxClassifier(model_path, SessionConfig(provider=args.provider, threads=args.threads))
+    provider, engine = plan_engine(model_path, args.provider, batch_size=args.batch_size, threads=args.threads,
+                                   concurrent_runs=args.concurrent_runs)
+    clf = OnnxClassifier(model_path, SessionConfig(provider=provider, threads=engine.threads))
     info = clf.info
     print(f"pcv-batch: model {model_path} (variant {info.variant}, max_length {info.max_length}), "
-          f"provider {clf.provider}" + (" (picked by auto)" if args.provider == "auto" else ""), file=sys.stderr)
+          f"provider {clf.provider}" + (" (picked by auto)" if args.provider == "auto" else "") +
+          f", batch {engine.batch_size}, {engine.concurrent_runs} concurrent run(s) x "
+          f"{engine.threads or 'all'} thread(s)", file=sys.stderr)
     if info.defaults:
         print(f"pcv-batch: model has no pcv metadata for {', '.join(info.defaults)}; using defaults", file=sys.stderr)
 
@@ -150,8 +155,8 @@ def _run(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         bar = tqdm(unit="rec", file=sys.stderr, desc="pcv-batch", mininterval=0.5)
-    batch_size = args.batch_size or DEFAULT_BATCH_SIZE[clf.provider]
-    cfg = PipelineConfig(plan=BatchPlan(batch_size=batch_size, max_tokens=args.max_tokens), window=args.window)
+    cfg = PipelineConfig(plan=BatchPlan(batch_size=engine.batch_size, max_tokens=args.max_tokens), window=args.window,
+                         concurrent_runs=engine.concurrent_runs)
 
     def commit(done: int, complete: bool = False) -> None:
         out.flush(durable=True)

@@ -192,11 +192,12 @@ def graph_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def check_onnx_file(path: str | Path, *, max_bytes: int) -> int:
+def check_onnx_file(path: str | Path, *, max_bytes: int) -> dict[str, str]:
     """Refuse an ONNX file whose external data leaves its folder, is missing or too small.
 
-    Returns the total bytes on disk (model + external data), checked against max_bytes. When the
-    file carries pcv.graph_sha256 (pcv-export writes it), its graph and weights are checked too.
+    The total bytes on disk (model + external data) are checked against max_bytes. When the file
+    carries pcv.graph_sha256 (pcv-export writes it), its graph and weights are checked too.
+    Returns the model's metadata, read without onnxruntime.
 
     >>> check_onnx_file("model.onnx", max_bytes=8 * 2**30)  # doctest: +SKIP
     """
@@ -230,4 +231,4 @@ def check_onnx_file(path: str | Path, *, max_bytes: int) -> int:
             f"{path}: the graph and weights do not match the digest recorded at export ({DIGEST_KEY} "
             f"{recorded[:12]}…, file {actual[:12]}…): the file is corrupted or was edited. Export it again"
         )
-    return total
+    return sc.metadata

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import ModelError, ProviderError
-from .modelfile import check_onnx_file
+from .modelfile import check_onnx_file, scan_onnx
 from .tokenizer import DEFAULT_MAX_LENGTH
 
 # pcv name -> ONNX Runtime provider. "auto" tries AUTO_ORDER and says which it took.
@@ -26,10 +26,27 @@ AUTO_ORDER = ("cuda", "cpu")
 # What auto picks for a variant (from its metadata): int8 kernels are CPU kernels, a tensorrt
 # variant wants TensorRT. Variants not listed follow AUTO_ORDER.
 VARIANT_AUTO = {"int8": ("cpu",), "int8-static": ("cpu",), "tensorrt": ("tensorrt", "cuda", "cpu")}
-# pcv-batch's batch size per provider. CPU: batch 8 ran 5-12 % faster than 32/64 for every
-# variant and length in pcv-bench's grid (bench/results/cpu-bundled): smaller activations stay in
-# cache, and the latent stack's cost per example does not shrink with batching. GPUs want big batches.
-DEFAULT_BATCH_SIZE = {"cpu": 8, "cuda": 64, "tensorrt": 64}
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How pcv-batch drives a provider: texts per session.run, intra-op threads per run, and
+    session.run calls in flight at once (None = one per core)."""
+
+    batch_size: int
+    threads: int | None  # None = onnxruntime's default (all cores)
+    concurrent_runs: int | None
+
+
+# Measured with pcv-bench --engine on the bundled model (2-core CPU, 200-400 real reviews, 3 runs
+# interleaved): one single-threaded run per core at batch 1 beat all cores per run at batch 8 by
+# ~15 % (fp32) and ~24 % (int8) — no padding at all, no intra-op synchronisation, and the latent
+# stack's cost per example does not shrink with batching. GPUs want large batches in one stream.
+ENGINES: dict[str, Engine] = {
+    "cpu": Engine(batch_size=1, threads=1, concurrent_runs=None),
+    "cuda": Engine(batch_size=64, threads=None, concurrent_runs=1),
+    "tensorrt": Engine(batch_size=64, threads=None, concurrent_runs=1),
+}
 DEFAULT_MODEL = "imdb-perceiver"
 MAX_ONNX_BYTES = 8 * 2**30  # refuse absurd files before onnxruntime tries to map them
 
@@ -105,6 +122,20 @@ def pick_provider(requested: str, variant: str | None = None) -> str:
     return requested
 
 
+def plan_engine(model: Path, provider: str, *, batch_size: int | None = None, threads: int | None = None,
+                concurrent_runs: int | None = None) -> tuple[str, Engine]:
+    """The provider pcv-batch will use for this model and how to drive it: explicit values win,
+    the rest comes from ENGINES. Threads given without concurrent runs means one run at a time."""
+    try:
+        variant = scan_onnx(model, digest=False).metadata.get("pcv.variant")
+    except OSError as e:
+        raise ModelError(f"{model}: cannot read the model ({e})") from e
+    name = pick_provider(provider, variant)
+    base = ENGINES[name]
+    runs = concurrent_runs or (1 if threads else base.concurrent_runs) or default_threads()
+    return name, Engine(batch_size=batch_size or base.batch_size, threads=threads or base.threads, concurrent_runs=runs)
+
+
 class OnnxClassifier:
     """An onnxruntime session over a pcv ONNX model: logits for tokenized batches.
 
@@ -118,19 +149,17 @@ class OnnxClassifier:
 
         path = Path(path)
         try:
-            check_onnx_file(path, max_bytes=MAX_ONNX_BYTES)  # untrusted: no path escapes, not cut short
+            meta = check_onnx_file(path, max_bytes=MAX_ONNX_BYTES)  # untrusted: no path escapes, not cut short
         except OSError as e:
             raise ModelError(f"{path}: cannot read the model ({e})") from e
-        self.provider = pick_provider(cfg.provider)
-        self.session = self._open(path, cfg)
+        self.provider = pick_provider(cfg.provider, meta.get("pcv.variant"))  # auto: int8 -> cpu, ...
+        trt = json.loads(meta["pcv.trt_options"]) if "pcv.trt_options" in meta else None
+        self.session = self._open(path, cfg, trt)
         self.info = _read_info(path, self.session)
-        if cfg.provider == "auto" and (better := pick_provider("auto", self.info.variant)) != self.provider:
-            self.provider = better  # the variant wants another provider: reopen once
-            self.session = self._open(path, cfg)
         self.io_binding = cfg.io_binding if cfg.io_binding is not None else self.provider in ("cuda", "tensorrt")
         self._device = "cuda" if self.provider in ("cuda", "tensorrt") else "cpu"
 
-    def _open(self, path: Path, cfg: SessionConfig):
+    def _open(self, path: Path, cfg: SessionConfig, trt_options: dict | None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -143,9 +172,8 @@ class OnnxClassifier:
         providers: list = [PROVIDERS[self.provider]]
         if self.provider == "tensorrt":
             trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": cfg.trt_cache_dir or str(path.parent / "trt_cache")}
-            meta = getattr(self, "info", None)
-            if meta is not None and meta.trt_options:
-                trt = {**meta.trt_options, **({"trt_engine_cache_path": cfg.trt_cache_dir} if cfg.trt_cache_dir else {})}
+            if trt_options:
+                trt = {**trt_options, **({"trt_engine_cache_path": cfg.trt_cache_dir} if cfg.trt_cache_dir else {})}
             providers = [("TensorrtExecutionProvider", trt), "CUDAExecutionProvider", "CPUExecutionProvider"]
         elif self.provider == "cuda":
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -111,3 +111,28 @@ def test_io_binding_gives_the_same_logits(tiny_dir, review_texts):
     assert not plain.io_binding and bound.io_binding
     np.testing.assert_array_equal(bound.logits(enc.input_ids, enc.attention_mask),
                                   plain.logits(enc.input_ids, enc.attention_mask))
+
+
+def test_engine_plan_defaults_and_overrides(tiny_dir):
+    from pcv.runtime.session import ENGINES, default_threads, plan_engine
+
+    path = tiny_dir / "model.onnx"
+    prov, eng = plan_engine(path, "cpu")
+    assert prov == "cpu" and (eng.batch_size, eng.threads, eng.concurrent_runs) == (1, 1, default_threads())
+    _, eng = plan_engine(path, "cpu", threads=2)  # threads alone: one run at a time
+    assert (eng.threads, eng.concurrent_runs) == (2, 1)
+    _, eng = plan_engine(path, "cpu", batch_size=16, concurrent_runs=3)
+    assert (eng.batch_size, eng.threads, eng.concurrent_runs) == (16, ENGINES["cpu"].threads, 3)
+
+
+@pytest.mark.parametrize("args", [[], ["--batch-size", "5", "--concurrent-runs", "1", "--threads", "2"],
+                                  ["--concurrent-runs", "3"]], ids=["defaults", "one-run", "three-runs"])
+def test_engine_settings_do_not_change_predictions(tmp_path, tiny_dir, review_texts, args):
+    src = _jsonl(tmp_path / "in.jsonl", [{"id": i, "text": t} for i, t in enumerate(review_texts[:50])])
+    out = tmp_path / "out.jsonl"
+    assert main([src, "-o", str(out), "--model", str(tiny_dir), "-q", "--window", "16", *args]) == 0
+    ref = tmp_path / "ref.jsonl"
+    assert main([src, "-o", str(ref), "--model", str(tiny_dir), "-q", "--batch-size", "50", "--concurrent-runs", "1"]) == 0
+    got, want = _read(out), _read(ref)
+    assert [g["id"] for g in got] == list(range(50)) and [g["label"] for g in got] == [w["label"] for w in want]
+    np.testing.assert_allclose([g["score"] for g in got], [w["score"] for w in want], atol=1e-5)
