@@ -139,3 +139,29 @@ def test_absurd_configs_are_refused_before_allocation(tmp_path, field, value, ma
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match=match):
         load_classifier(str(d))
+
+
+def test_external_data_format_round_trip_with_digest(tmp_path, monkeypatch, review_texts):
+    """The >2 GB path on a tiny model: weights in OUT.data, digest over them, variants from it."""
+    import pcv.export.onnx_export as ox
+    from conftest import tiny_model
+
+    from pcv.export.onnx_export import ExportConfig, export_onnx
+    from pcv.export.variants import build_variant
+    from pcv.runtime import PerceiverByteTokenizer
+
+    monkeypatch.setattr(ox, "TWO_GB", 2**26 + 1)  # every model counts as "too big for one protobuf"
+    out = tmp_path / "m" / "model.onnx"
+    export_onnx(tiny_model(), out, ExportConfig())  # verification (torch vs ORT) included
+    assert (out.parent / "model.onnx.data").is_file() and scan_onnx(out).refs
+    enc = PerceiverByteTokenizer()(review_texts[:3], max_length=256, truncation=True, padding="longest")
+    ref = OnnxClassifier(out).logits(enc.input_ids, enc.attention_mask)
+    for kind in ("optimized", "fp16"):
+        v = build_variant(kind, out, out.with_name(f"model.{kind}.onnx")).path
+        assert scan_onnx(v).refs and scan_onnx(v).metadata[DIGEST_KEY] == graph_digest(v)
+        assert np.abs(OnnxClassifier(v).logits(enc.input_ids, enc.attention_mask) - ref).max() < 1e-2
+    data = bytearray((out.parent / "model.onnx.data").read_bytes())
+    data[len(data) // 3] ^= 0x10  # a weight changed in the external file only
+    (out.parent / "model.onnx.data").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="corrupted or was edited"):
+        OnnxClassifier(out)
