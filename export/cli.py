@@ -13,9 +13,23 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def train_main(argv: list[str] | None = None) -> int:
+# Size flags of a fresh model (pcv-train, pcv-pretrain) -> ModelSize fields; max_length comes from --max-length.
+_SIZE_FLAGS = {"num_latents": 256, "d_latents": 256, "d_model": 256, "num_layers": 6, "self_heads": 8,
+               "cross_heads": 8, "cross_widening": 1, "self_widening": 1}
+
+
+def _add_size_flags(p: argparse.ArgumentParser) -> None:
+    for field, default in _SIZE_FLAGS.items():
+        p.add_argument("--" + field.replace("_", "-"), type=int, default=default)
+
+
+def _size(a: argparse.Namespace):
     from .modeling import ModelSize
 
+    return ModelSize(max_length=a.max_length, **{f: getattr(a, f) for f in _SIZE_FLAGS})
+
+
+def train_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="pcv-train",
         description="Fine-tune or train a Perceiver byte-level classifier on labelled JSONL/CSV.",
@@ -27,14 +41,7 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output model dir; rerun the same command to resume")
     p.add_argument("--init-from", help="pretrained HF dir or hub id (default: a fresh model sized by the flags below)")
     p.add_argument("--init", choices=["patch", "default"], default="patch", help="initialisation of a fresh model")
-    p.add_argument("--num-latents", type=int, default=256)
-    p.add_argument("--d-latents", type=int, default=256)
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--num-layers", type=int, default=6)
-    p.add_argument("--self-heads", type=int, default=8)
-    p.add_argument("--cross-heads", type=int, default=8)
-    p.add_argument("--cross-widening", type=int, default=1)
-    p.add_argument("--self-widening", type=int, default=1)
+    _add_size_flags(p)
     p.add_argument("--text-field", default="text")
     p.add_argument("--label-field", default="label")
     p.add_argument("--labels", default="neg,pos", help="label names for ids 0,1,... (default: neg,pos)")
@@ -59,10 +66,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
     cfg = TrainConfig(
         data=tuple(a.data), out=a.out, init_from=a.init_from, init=a.init,
-        size=ModelSize(num_latents=a.num_latents, d_latents=a.d_latents, d_model=a.d_model, num_layers=a.num_layers,
-                       self_heads=a.self_heads, cross_heads=a.cross_heads, max_length=a.max_length,
-                       cross_widening=a.cross_widening, self_widening=a.self_widening),
-        text_field=a.text_field, label_field=a.label_field, labels=tuple(a.labels.split(",")),
+        size=_size(a), text_field=a.text_field, label_field=a.label_field, labels=tuple(a.labels.split(",")),
         unlabelled=tuple(a.unlabelled), teacher=a.teacher, distill_weight=a.distill_weight,
         max_length=a.max_length, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps, epochs=a.epochs,
         max_minutes=a.max_minutes, val_fraction=a.val_fraction, val_limit=a.val_limit, eval_every=a.eval_every,
@@ -77,8 +81,6 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def pretrain_main(argv: list[str] | None = None) -> int:
-    from .modeling import ModelSize
-
     p = argparse.ArgumentParser(
         prog="pcv-pretrain",
         description="Masked-byte pretraining of a Perceiver encoder on text-only files (span masking); "
@@ -90,9 +92,7 @@ def pretrain_main(argv: list[str] | None = None) -> int:
     p.add_argument("data", nargs="+", help="JSONL/CSV/TXT text files (.gz ok); labels, if any, are ignored")
     p.add_argument("--out", required=True, help="output dir (PerceiverForMaskedLM); rerun the same command to resume")
     p.add_argument("--init", choices=["patch", "default"], default="patch", help="encoder initialisation")
-    for name, default in (("num-latents", 256), ("d-latents", 256), ("d-model", 256), ("num-layers", 6),
-                          ("self-heads", 8), ("cross-heads", 8), ("cross-widening", 1), ("self-widening", 1)):
-        p.add_argument(f"--{name}", type=int, default=default)
+    _add_size_flags(p)
     p.add_argument("--text-field", default="text")
     p.add_argument("--mask-rate", type=float, default=0.15, help="fraction of content bytes masked")
     p.add_argument("--mean-span", type=float, default=3.0, help="mean masked span in bytes")
@@ -111,11 +111,7 @@ def pretrain_main(argv: list[str] | None = None) -> int:
     from .pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(
-        data=tuple(a.data), out=a.out, init=a.init,
-        size=ModelSize(num_latents=a.num_latents, d_latents=a.d_latents, d_model=a.d_model, num_layers=a.num_layers,
-                       self_heads=a.self_heads, cross_heads=a.cross_heads, max_length=a.max_length,
-                       cross_widening=a.cross_widening, self_widening=a.self_widening),
-        text_field=a.text_field, mask_rate=a.mask_rate, mean_span=a.mean_span, max_length=a.max_length,
+        data=tuple(a.data), out=a.out, init=a.init, size=_size(a), text_field=a.text_field, mask_rate=a.mask_rate, mean_span=a.mean_span, max_length=a.max_length,
         batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps, epochs=a.epochs, max_minutes=a.max_minutes,
         eval_every=a.eval_every, checkpoint_every=a.checkpoint_every, seed=a.seed, device=a.device, limit=a.limit,
     )
@@ -226,9 +222,7 @@ def check_main(argv: list[str] | None = None) -> int:
         from dataclasses import replace
         from pathlib import Path
 
-        import numpy as np
-
-        from .check import TOLERANCES, Row, Tolerance, compare, format_table, onnx_logits, rows_json, torch_logits
+        from .check import TOLERANCES, Row, compare, format_table, onnx_logits, rows_json, torch_logits
         from .modeling import load_classifier
         from .train import TrainConfig, load_labelled
 

@@ -10,7 +10,6 @@ The ONNX contract (what pcv.runtime relies on):
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
 from pcv.runtime.tokenizer import MASK
 
+from .loop import Checkpoint, lr_factor, run_steps
 from .modeling import ModelSize, build_config, patch_init
 
 IGNORE = -100  # label of positions the loss skips
@@ -151,32 +151,15 @@ def pretrain(cfg: PretrainConfig) -> dict:
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def lr_factor(step: int, seconds: float) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        p = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-        if cfg.max_minutes:
-            p = max(p, seconds / (cfg.max_minutes * 60))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+    ckpt = Checkpoint(ckpt_dir, model, opt)
+    state = ckpt.load(device) or {"step": 0, "best_acc": -1.0, "history": [], "train_seconds": 0.0}
 
-    state = {"step": 0, "best_acc": -1.0, "history": [], "train_seconds": 0.0}
-    if (ckpt_dir / "state.pt").is_file():
-        ck = torch.load(ckpt_dir / "state.pt", map_location=device, weights_only=True)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optim"])
-        state = json.loads((ckpt_dir / "state.json").read_text())
-        print(f"resumed from {ckpt_dir} at step {state['step']}", flush=True)
+    def lr(step: int, seconds: float) -> float:
+        return cfg.lr * lr_factor(step, seconds, warmup=cfg.warmup_steps, total=total_steps, max_minutes=cfg.max_minutes)
 
-    def save_checkpoint() -> None:
-        ckpt_dir.mkdir(exist_ok=True)
-        tmp = ckpt_dir / "state.pt.tmp"
-        torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, tmp)
-        tmp.replace(ckpt_dir / "state.pt")
-        (ckpt_dir / "state.json").write_text(json.dumps(state))
-
-    def run_eval(loss: float | None) -> None:
+    def run_eval() -> None:
         acc = masked_accuracy(model, val, cfg, device)
-        entry = {"step": state["step"], "masked_byte_accuracy": round(acc, 4), "train_loss": loss,
+        entry = {"step": state["step"], "masked_byte_accuracy": round(acc, 4), "train_loss": state.get("last_loss"),
                  "train_seconds": round(state["train_seconds"], 1)}
         state["history"].append(entry)
         tqdm.write(json.dumps(entry))
@@ -185,48 +168,20 @@ def pretrain(cfg: PretrainConfig) -> dict:
             model.save_pretrained(out, safe_serialization=True)
 
     tok = PerceiverByteTokenizer()
-    bar = tqdm(total=total_steps, initial=state["step"], desc="pretrain", unit="step", dynamic_ncols=True, mininterval=5)
-    t_start = time.time() - state["train_seconds"]
-    loss_val: float | None = None
-    stop = False
-    while state["step"] < total_steps and not stop:
-        epoch = state["step"] // steps_per_epoch
-        order = np.random.default_rng(cfg.seed + 1 + epoch).permutation(len(pool))
-        for b in range(state["step"] % steps_per_epoch, steps_per_epoch):
-            rng = np.random.default_rng((cfg.seed, state["step"]))  # masks reproducible across resumes
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            enc = tok([pool[i] for i in idx], max_length=cfg.max_length, truncation=True, padding="longest")
-            x, y = span_mask(enc.input_ids, enc.attention_mask, rng, rate=cfg.mask_rate, mean_span=cfg.mean_span, max_span=cfg.max_span)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
-                logits = model(inputs=torch.from_numpy(x).to(device), attention_mask=torch.from_numpy(enc.attention_mask).to(device)).logits
-            yt = torch.from_numpy(y).to(device)
-            loss = torch.nn.functional.cross_entropy(logits.float()[:, : yt.shape[1]].reshape(-1, logits.shape[-1]), yt.reshape(-1),
-                                                     ignore_index=IGNORE)
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * lr_factor(state["step"], state["train_seconds"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            loss_val = round(float(loss.item()), 4)
-            state["step"] += 1
-            state["train_seconds"] = time.time() - t_start
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.4f}", refresh=False)
-            if state["step"] % cfg.eval_every == 0:
-                run_eval(loss_val)
-            if state["step"] % cfg.checkpoint_every == 0:
-                save_checkpoint()
-            if cfg.max_minutes and state["train_seconds"] > cfg.max_minutes * 60:
-                tqdm.write(f"time budget of {cfg.max_minutes} min reached at step {state['step']}")
-                stop = True
-                break
-            if state["step"] >= total_steps:
-                break
-    bar.close()
-    if not state["history"] or state["history"][-1]["step"] != state["step"]:
-        run_eval(loss_val)
-    save_checkpoint()
+
+    def loss_of(idx: np.ndarray, step: int) -> torch.Tensor:
+        rng = np.random.default_rng((cfg.seed, step))  # masks reproducible across resumes
+        enc = tok([pool[i] for i in idx], max_length=cfg.max_length, truncation=True, padding="longest")
+        x, y = span_mask(enc.input_ids, enc.attention_mask, rng, rate=cfg.mask_rate, mean_span=cfg.mean_span, max_span=cfg.max_span)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+            logits = model(inputs=torch.from_numpy(x).to(device), attention_mask=torch.from_numpy(enc.attention_mask).to(device)).logits
+        yt = torch.from_numpy(y).to(device)  # logits cover max_length positions; the batch may be shorter
+        return torch.nn.functional.cross_entropy(logits.float()[:, : yt.shape[1]].reshape(-1, logits.shape[-1]), yt.reshape(-1),
+                                                 ignore_index=IGNORE)
+
+    run_steps(model=model, opt=opt, ckpt=ckpt, state=state, loss_of=loss_of, run_eval=run_eval, lr=lr,
+              pool_size=len(pool), batch_size=cfg.batch_size, total_steps=total_steps, order_seed=cfg.seed + 1,
+              eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, max_minutes=cfg.max_minutes, desc="pretrain")
     metrics = {
         "best_masked_byte_accuracy": state["best_acc"], "steps": state["step"], "total_steps": total_steps,
         "examples_seen": state["step"] * cfg.batch_size, "train_seconds": round(state["train_seconds"], 1),

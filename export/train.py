@@ -21,6 +21,7 @@ from transformers import PerceiverForSequenceClassification
 from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
 
+from .loop import Checkpoint, lr_factor, run_steps
 from .modeling import IMDB_LABELS, ModelSize, build_config, load_classifier, patch_init
 
 
@@ -172,30 +173,11 @@ def train(cfg: TrainConfig) -> dict:
     total_steps = max(1, int(cfg.epochs * steps_per_epoch))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def lr_factor(step: int, seconds: float) -> float:
-        """Linear warm-up, then cosine to 10 %; with a time budget the cosine follows the clock,
-        so a time-boxed run still ends on a low learning rate."""
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        p = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-        if cfg.max_minutes:
-            p = max(p, seconds / (cfg.max_minutes * 60))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+    ckpt = Checkpoint(ckpt_dir, model, opt)
+    state = ckpt.load(device) or {"step": 0, "best_acc": -1.0, "history": [], "train_seconds": 0.0}
 
-    state = {"step": 0, "best_acc": -1.0, "history": [], "train_seconds": 0.0}
-    if (ckpt_dir / "state.pt").is_file():
-        ck = torch.load(ckpt_dir / "state.pt", map_location=device, weights_only=True)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optim"])
-        state = json.loads((ckpt_dir / "state.json").read_text())
-        print(f"resumed from {ckpt_dir} at step {state['step']}", flush=True)
-
-    def save_checkpoint() -> None:
-        ckpt_dir.mkdir(exist_ok=True)
-        tmp = ckpt_dir / "state.pt.tmp"
-        torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, tmp)
-        tmp.replace(ckpt_dir / "state.pt")
-        (ckpt_dir / "state.json").write_text(json.dumps(state))
+    def lr(step: int, seconds: float) -> float:
+        return cfg.lr * lr_factor(step, seconds, warmup=cfg.warmup_steps, total=total_steps, max_minutes=cfg.max_minutes)
 
     def run_eval() -> None:
         acc = evaluate(model, va_texts, va_labels, max_length=cfg.max_length, device=device, bf16=cfg.bf16)
@@ -208,46 +190,19 @@ def train(cfg: TrainConfig) -> dict:
             model.save_pretrained(out, safe_serialization=True)
 
     tok = PerceiverByteTokenizer()
-    bar = tqdm(total=total_steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True, mininterval=5)
-    t_start = time.time() - state["train_seconds"]
-    stop = False
-    while state["step"] < total_steps and not stop:
-        epoch = state["step"] // steps_per_epoch
-        order = np.random.default_rng(cfg.seed + epoch).permutation(len(pool))
-        first = state["step"] % steps_per_epoch
-        for b in range(first, steps_per_epoch):
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            enc = tok([pool[i] for i in idx], max_length=cfg.max_length, truncation=True, padding="longest")
-            x = torch.from_numpy(enc.input_ids).to(device, non_blocking=True)
-            m = torch.from_numpy(enc.attention_mask).to(device, non_blocking=True)
-            y = torch.from_numpy(targets[idx]).to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
-                logits = model(inputs=x, attention_mask=m).logits
-            loss = -(y * torch.log_softmax(logits.float(), -1)).sum(-1).mean()
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * lr_factor(state["step"], state["train_seconds"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            state["step"] += 1
-            state["train_seconds"] = time.time() - t_start
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
-            if state["step"] % cfg.eval_every == 0:
-                run_eval()
-            if state["step"] % cfg.checkpoint_every == 0:
-                save_checkpoint()
-            if cfg.max_minutes and state["train_seconds"] > cfg.max_minutes * 60:
-                tqdm.write(f"time budget of {cfg.max_minutes} min reached at step {state['step']}")
-                stop = True
-                break
-            if state["step"] >= total_steps:
-                break
-    bar.close()
-    if not state["history"] or state["history"][-1]["step"] != state["step"]:
-        run_eval()
-    save_checkpoint()
+
+    def loss_of(idx: np.ndarray, step: int) -> torch.Tensor:
+        enc = tok([pool[i] for i in idx], max_length=cfg.max_length, truncation=True, padding="longest")
+        x = torch.from_numpy(enc.input_ids).to(device, non_blocking=True)
+        m = torch.from_numpy(enc.attention_mask).to(device, non_blocking=True)
+        y = torch.from_numpy(targets[idx]).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+            logits = model(inputs=x, attention_mask=m).logits
+        return -(y * torch.log_softmax(logits.float(), -1)).sum(-1).mean()
+
+    run_steps(model=model, opt=opt, ckpt=ckpt, state=state, loss_of=loss_of, run_eval=run_eval, lr=lr,
+              pool_size=len(pool), batch_size=cfg.batch_size, total_steps=total_steps, order_seed=cfg.seed,
+              eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, max_minutes=cfg.max_minutes, desc="train")
     metrics = {
         "best_val_accuracy": state["best_acc"],
         "steps": state["step"],

@@ -99,6 +99,17 @@ def _binary_lines(stream: IO[bytes], path: str, limit: int) -> Iterator[tuple[in
         yield line + 1, None, f"{path}: file is damaged after line {line} ({type(e).__name__}: {e})", True
 
 
+def _records_lines(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[tuple[int, bytes | None, str | None]]:
+    """Non-blank lines as (line, raw, None), bad ones as (line, None, error); ends after a fatal error."""
+    for line, raw, bad, fatal in _binary_lines(stream, path, cfg.max_line_bytes):
+        if bad is not None:
+            yield line, None, bad
+            if fatal:
+                return
+        elif raw is not None and raw.strip():  # blank lines are not records
+            yield line, raw, None
+
+
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN/Infinity; other tools do not
 
@@ -118,15 +129,11 @@ def _has_surrogates(s: str) -> bool:
 
 
 def read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record]:
-    for line, raw, bad, fatal in _binary_lines(stream, path, cfg.max_line_bytes):
+    for line, raw, bad in _records_lines(stream, path, cfg):
         if bad is not None:
             yield Record(line, line, None, error=bad)
-            if fatal:
-                return
             continue
         assert raw is not None
-        if not raw.strip():
-            continue  # blank lines are not records
         try:
             obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
         except UnicodeDecodeError as e:
@@ -154,15 +161,11 @@ def read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Reco
 
 
 def read_txt(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record]:
-    for line, raw, bad, fatal in _binary_lines(stream, path, cfg.max_line_bytes):
+    for line, raw, bad in _records_lines(stream, path, cfg):
         if bad is not None:
             yield Record(line, line, None, error=bad)
-            if fatal:
-                return
             continue
         assert raw is not None
-        if not raw.strip():
-            continue
         try:
             yield Record(line, line, raw.decode("utf-8"))
         except UnicodeDecodeError as e:

@@ -145,8 +145,6 @@ class OnnxClassifier:
     """
 
     def __init__(self, path: str | Path, cfg: SessionConfig = SessionConfig()) -> None:
-        import onnxruntime as ort
-
         path = Path(path)
         try:
             meta = check_onnx_file(path, max_bytes=MAX_ONNX_BYTES)  # untrusted: no path escapes, not cut short

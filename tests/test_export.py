@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_model
 from pcv.export.modeling import load_classifier
 from pcv.export.onnx_export import ExportConfig, export_onnx, verify_onnx
-from pcv.runtime import ModelError, PcvError
+from pcv.runtime import ModelError
 from pcv.runtime.session import OnnxClassifier
 
 SIZES = {

@@ -1,0 +1,92 @@
+"""What pcv-train and pcv-pretrain share: the learning-rate schedule and resumable checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+def lr_factor(step: int, seconds: float, *, warmup: int, total: int, max_minutes: float | None) -> float:
+    """Linear warm-up, then cosine to 10 %; with a time budget the cosine follows the clock, so a
+    time-boxed run still ends on a low learning rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    if max_minutes:
+        p = max(p, seconds / (max_minutes * 60))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+class Checkpoint:
+    """checkpoint/state.pt (tensors only, loaded with weights_only=True) + state.json (progress)."""
+
+    def __init__(self, folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        self.folder, self.model, self.opt = folder, model, opt
+
+    def load(self, device: torch.device) -> dict | None:
+        """Restore model and optimizer; returns the saved progress, or None for a fresh start."""
+        if not (self.folder / "state.pt").is_file():
+            return None
+        ck = torch.load(self.folder / "state.pt", map_location=device, weights_only=True)
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optim"])
+        state = json.loads((self.folder / "state.json").read_text())
+        print(f"resumed from {self.folder} at step {state['step']}", flush=True)
+        return state
+
+    def save(self, state: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / "state.pt.tmp"
+        torch.save({"model": self.model.state_dict(), "optim": self.opt.state_dict()}, tmp)
+        tmp.replace(self.folder / "state.pt")  # a kill mid-save leaves the previous checkpoint whole
+        (self.folder / "state.json").write_text(json.dumps(state))
+
+
+def run_steps(*, model: torch.nn.Module, opt: torch.optim.Optimizer, ckpt: Checkpoint, state: dict,
+              loss_of: Callable[[np.ndarray, int], torch.Tensor], run_eval: Callable[[], None], lr: Callable[[int, float], float],
+              pool_size: int, batch_size: int, total_steps: int, order_seed: int, eval_every: int,
+              checkpoint_every: int, max_minutes: float | None, desc: str) -> None:
+    """The step loop both trainers run: epochs of a seeded permutation (so a resumed run picks up
+    the same batches), AdamW step with clipping, evaluation, checkpoints and a wall-clock budget.
+    `loss_of(batch indices, step)` returns the batch's loss; state["step"/"train_seconds"] advance."""
+    steps_per_epoch = math.ceil(pool_size / batch_size)
+    bar = tqdm(total=total_steps, initial=state["step"], desc=desc, unit="step", dynamic_ncols=True, mininterval=5)
+    t_start = time.time() - state["train_seconds"]
+    stop = False
+    while state["step"] < total_steps and not stop:
+        epoch = state["step"] // steps_per_epoch
+        order = np.random.default_rng(order_seed + epoch).permutation(pool_size)
+        for b in range(state["step"] % steps_per_epoch, steps_per_epoch):
+            loss = loss_of(order[b * batch_size : (b + 1) * batch_size], state["step"])
+            for group in opt.param_groups:
+                group["lr"] = lr(state["step"], state["train_seconds"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            state["step"] += 1
+            state["train_seconds"] = time.time() - t_start
+            state["last_loss"] = round(float(loss.item()), 4)
+            bar.update(1)
+            bar.set_postfix(loss=f"{state['last_loss']:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
+            if state["step"] % eval_every == 0:
+                run_eval()
+            if state["step"] % checkpoint_every == 0:
+                ckpt.save(state)
+            if max_minutes and state["train_seconds"] > max_minutes * 60:
+                tqdm.write(f"time budget of {max_minutes} min reached at step {state['step']}")
+                stop = True
+                break
+            if state["step"] >= total_steps:
+                break
+    bar.close()
+    if not state["history"] or state["history"][-1]["step"] != state["step"]:
+        run_eval()
+    ckpt.save(state)
