@@ -64,3 +64,17 @@ def test_pretrain_cli_refuses_empty_input(tmp_path, capsys):
     empty.write_text("\n")
     assert pretrain_main([str(empty), "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
     assert "no texts" in capsys.readouterr().err
+
+
+def test_patch_init_of_the_mlm_decoder_reads_each_bytes_own_latent():
+    from pcv.export.pretrain import build_mlm
+
+    cfg = PretrainConfig(data=(), out="", size=ModelSize(num_latents=32, d_latents=64, d_model=64, num_layers=2,
+                                                         self_heads=4, cross_heads=8, max_length=256), max_length=256)
+    model = build_mlm(cfg).eval()
+    ids = torch.randint(6, 262, (1, 256))
+    with torch.no_grad():
+        out = model(inputs=ids, attention_mask=torch.ones_like(ids), output_attentions=True)
+    decoder = out.cross_attentions[-1][0].mean(0)  # (L, latents), averaged over heads
+    assert torch.equal(decoder.argmax(-1), torch.arange(256) // 8)
+    assert model.perceiver.decoder.decoding_cross_attention.attention.use_query_residual
