@@ -38,10 +38,11 @@ class Engine:
     concurrent_runs: int | None
 
 
-# Measured with pcv-bench --engine on the bundled model (2-core CPU, 200-400 real reviews, 3 runs
-# interleaved): one single-threaded run per core at batch 1 beat all cores per run at batch 8 by
-# ~15 % (fp32) and ~24 % (int8) — no padding at all, no intra-op synchronisation, and the latent
-# stack's cost per example does not shrink with batching. GPUs want large batches in one stream.
+# Measured with pcv-bench --engine --engine-repeats 3 on the bundled model (2-core CPU, 200 real
+# reviews, bench/results/cpu-bundled-engine): one single-threaded run per core at batch 1 gave
+# 54-58 ex/s in fp32 against 49-53 for all cores per run at batch 8 — no padding at all, no
+# intra-op synchronisation, and the latent stack's cost per example does not shrink with
+# batching. GPUs want large batches in one stream.
 ENGINES: dict[str, Engine] = {
     "cpu": Engine(batch_size=1, threads=1, concurrent_runs=None),
     "cuda": Engine(batch_size=64, threads=None, concurrent_runs=1),
