@@ -109,3 +109,25 @@ def test_export_variants_and_pcv_check_cli(tmp_path, tiny_dir, reviews, capsys):
     assert rows[1]["agreement"] == 1.0 and rows[1]["max_abs_logit"] <= 1e-4
     # an impossible tolerance makes the check fail with exit 1
     assert check_main([str(tiny_dir), str(out), "--data", str(data), "--max-abs-logit", "0"]) == 1
+
+
+def test_a_fusion_that_changes_answers_is_refused(src, monkeypatch, tmp_path):
+    import pcv.export.fusion as fusion
+
+    real = fusion.fuse_cross_attention
+
+    def broken(model):
+        n = real(model)
+        for node in model.graph.node:
+            if node.op_type == "MultiHeadAttention":
+                for a in node.attribute:
+                    if a.name == "scale":
+                        a.f *= 3.0  # a wrong softmax temperature
+        return n
+
+    monkeypatch.setattr(fusion, "fuse_cross_attention", broken)
+    _, path = src
+    out = tmp_path / "m.optimized.onnx"
+    with pytest.raises(PcvError, match="differ"):
+        build_variant("optimized", path, out)
+    assert not out.exists()
