@@ -151,8 +151,8 @@ def scan_onnx(path: str | Path, *, digest: bool = True) -> ModelScan:
                     if wt != 2:
                         continue
                     if num == _MODEL_GRAPH:
-                        if digest:
-                            h.update(buf[a:b])
+                        for off in range(a, b, 2**24) if digest else ():  # 16 MiB at a time, not a copy of it all
+                            h.update(buf[off : min(b, off + 2**24)])
                         refs += _walk(buf, a, b, "graph")
                     elif num == _MODEL_FUNCTIONS:
                         refs += _walk(buf, a, b, "function")
