@@ -49,6 +49,22 @@ class Checkpoint:
         (self.folder / "state.json").write_text(json.dumps(state))
 
 
+def start(model: torch.nn.Module, *, pool_size: int, batch_size: int, epochs: float, lr: float, weight_decay: float,
+          warmup: int, max_minutes: float | None, ckpt_dir: Path, device: torch.device):
+    """AdamW, the step budget, the checkpoint (resumed if there is one) and the learning-rate
+    function: (opt, ckpt, state, total_steps, steps_per_epoch, lr_at)."""
+    steps_per_epoch = math.ceil(pool_size / batch_size)
+    total_steps = max(1, int(epochs * steps_per_epoch))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    ckpt = Checkpoint(ckpt_dir, model, opt)
+    state = ckpt.load(device) or {"step": 0, "best_acc": -1.0, "history": [], "train_seconds": 0.0}
+
+    def lr_at(step: int, seconds: float) -> float:
+        return lr * lr_factor(step, seconds, warmup=warmup, total=total_steps, max_minutes=max_minutes)
+
+    return opt, ckpt, state, total_steps, steps_per_epoch, lr_at
+
+
 def run_steps(*, model: torch.nn.Module, opt: torch.optim.Optimizer, ckpt: Checkpoint, state: dict,
               loss_of: Callable[[np.ndarray, int], torch.Tensor], run_eval: Callable[[], None], lr: Callable[[int, float], float],
               pool_size: int, batch_size: int, total_steps: int, order_seed: int, eval_every: int,

@@ -28,7 +28,7 @@ from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
 from pcv.runtime.tokenizer import MASK
 
-from .loop import Checkpoint, lr_factor, run_steps
+from .loop import run_steps, start
 from .modeling import ModelSize, _sinusoids, build_config, patch_init
 
 IGNORE = -100  # label of positions the loss skips
@@ -198,15 +198,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
     val = [texts[i] for i in order0[:n_val]]
     pool = [texts[i] for i in order0[n_val:]]
     model = build_mlm(cfg).to(device).train()
-    steps_per_epoch = math.ceil(len(pool) / cfg.batch_size)
-    total_steps = max(1, int(cfg.epochs * steps_per_epoch))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    ckpt = Checkpoint(ckpt_dir, model, opt)
-    state = ckpt.load(device) or {"step": 0, "best_acc": -1.0, "history": [], "train_seconds": 0.0}
-
-    def lr(step: int, seconds: float) -> float:
-        return cfg.lr * lr_factor(step, seconds, warmup=cfg.warmup_steps, total=total_steps, max_minutes=cfg.max_minutes)
+    opt, ckpt, state, total_steps, steps_per_epoch, lr = start(
+        model, pool_size=len(pool), batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        warmup=cfg.warmup_steps, max_minutes=cfg.max_minutes, ckpt_dir=ckpt_dir, device=device)
 
     def run_eval() -> None:
         acc = masked_accuracy(model, val, cfg, device)

@@ -8,7 +8,6 @@ budget so long runs can be spread over sessions.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from transformers import PerceiverForSequenceClassification
 from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
 
-from .loop import Checkpoint, lr_factor, run_steps
+from .loop import run_steps, start
 from .modeling import IMDB_LABELS, ModelSize, build_config, load_classifier, patch_init
 
 
@@ -169,15 +168,9 @@ def train(cfg: TrainConfig) -> dict:
     model.config.label2id = {v: k for k, v in id2label.items()}
     model.to(device).train()
 
-    steps_per_epoch = math.ceil(len(pool) / cfg.batch_size)
-    total_steps = max(1, int(cfg.epochs * steps_per_epoch))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    ckpt = Checkpoint(ckpt_dir, model, opt)
-    state = ckpt.load(device) or {"step": 0, "best_acc": -1.0, "history": [], "train_seconds": 0.0}
-
-    def lr(step: int, seconds: float) -> float:
-        return cfg.lr * lr_factor(step, seconds, warmup=cfg.warmup_steps, total=total_steps, max_minutes=cfg.max_minutes)
+    opt, ckpt, state, total_steps, steps_per_epoch, lr = start(
+        model, pool_size=len(pool), batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        warmup=cfg.warmup_steps, max_minutes=cfg.max_minutes, ckpt_dir=ckpt_dir, device=device)
 
     def run_eval() -> None:
         acc = evaluate(model, va_texts, va_labels, max_length=cfg.max_length, device=device, bf16=cfg.bf16)
