@@ -110,8 +110,11 @@ def _run(args: argparse.Namespace) -> int:
         raise PcvError("--resume needs -o FILE and file inputs (not stdin/stdout)")
     state = None
     if durable:
+        # Batch composition is in the fingerprint too: it moves logits in the last bits (and int8
+        # activation scales per batch), and a resumed run must give the uninterrupted run's answers.
         options = {"text_field": args.text_field, "id_field": args.id_field, "format": args.format,
-                   "errors": os.path.abspath(errors_path)}
+                   "errors": os.path.abspath(errors_path), "batch_size": engine.batch_size,
+                   "max_tokens": args.max_tokens, "window": args.window, "max_line_bytes": args.max_line_bytes}
         fp = rs.fingerprint(args.inputs, model_path, options)
         state = rs.load_state(args.output) if args.resume else None
         if args.resume and state is None:

@@ -63,6 +63,8 @@ def test_resume_refuses_other_options_or_model(tmp_path, src, tiny_dir, capsys):
     _run(src, out, tiny_dir)
     assert _run(src, out, tiny_dir, "--resume", "--text-field", "body") == 2
     assert "options differ" in capsys.readouterr().err
+    assert _run(src, out, tiny_dir, "--resume", "--batch-size", "7") == 2  # other batches: other last bits
+    assert "options differ" in capsys.readouterr().err
     assert main(["-", "-o", str(out), "--model", str(tiny_dir), "--resume"]) == 2  # stdin cannot resume
     assert "--resume needs" in capsys.readouterr().err
 
