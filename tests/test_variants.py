@@ -131,3 +131,18 @@ def test_a_fusion_that_changes_answers_is_refused(src, monkeypatch, tmp_path):
     with pytest.raises(PcvError, match="differ"):
         build_variant("optimized", path, out)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("qk,v", [(None, None), (16, 32)], ids=["default-channels", "qk16-v32"])
+def test_cross_attention_fusion_is_exact_with_padding(tmp_path, review_texts, qk, v):
+    """Our pass runs on ORT's optimized graph (its Reshape shapes are constants by then)."""
+    m = tiny_model(num_latents=8, d=32, layers=1, max_length=128, qk_channels=qk, v_channels=v)
+    path = tmp_path / "m.onnx"
+    export_onnx(m, path, ExportConfig(verify=False))
+    rep = build_variant("optimized", path, variant_path(path, "optimized"))
+    assert rep.fused.get("MultiHeadAttention") == 2  # encoder cross-attention + classification decoder
+    enc = PerceiverByteTokenizer()(review_texts[:4], max_length=128, truncation=True, padding="max_length")
+    enc.attention_mask[1, 10:] = 0  # ragged padding through the key_padding_mask
+    enc.input_ids[1, 10:] = 0
+    outs = [OnnxClassifier(p).logits(enc.input_ids, enc.attention_mask) for p in (path, rep.path)]
+    assert np.abs(outs[0] - outs[1]).max() < 1e-5
