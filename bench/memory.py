@@ -69,8 +69,10 @@ sys.exit(rc)
 def _run_one(model: Path, src: Path, out: Path, n: int, extra: tuple[str, ...]) -> dict:
     cmd = [sys.executable, "-c", _CHILD, str(src), "-o", str(out), "--model", str(model), "-q",
            "--provider", "cpu", *extra]
+    err_path = out.with_name(out.name + ".stderr")
+    err_file = open(err_path, "wb")  # a file, not a pipe: a chatty child cannot block on a full pipe
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stderr=err_file)
     samples: list[tuple[float, int]] = []  # (seconds, output lines so far)
     lines, pos = 0, 0
     while True:
@@ -87,8 +89,10 @@ def _run_one(model: Path, src: Path, out: Path, n: int, extra: tuple[str, ...]) 
             lines += chunk.count(b"\n")
             samples.append((time.perf_counter() - t0, lines))
     wall = time.perf_counter() - t0
-    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    err_file.close()
+    stderr = err_path.read_text(errors="replace")
+    err_path.unlink()
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4 above; tell Popen
     if proc.returncode != 0:
         raise RuntimeError(f"pcv-batch exited {proc.returncode} on {n} records: {stderr[-500:]}")
     with open(out, "rb") as f:
