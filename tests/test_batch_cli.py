@@ -114,11 +114,12 @@ def test_io_binding_gives_the_same_logits(tiny_dir, review_texts):
 
 
 def test_engine_plan_defaults_and_overrides(tiny_dir):
-    from pcv.runtime.session import ENGINES, default_threads, plan_engine
+    from pcv.runtime.session import CPU_SMALL_MODEL_BATCH, ENGINES, default_model_path, default_threads, plan_engine
 
-    path = tiny_dir / "model.onnx"
-    prov, eng = plan_engine(path, "cpu")
+    prov, eng = plan_engine(default_model_path(), "cpu")  # a real-size model: batch 1, one run per core
     assert prov == "cpu" and (eng.batch_size, eng.threads, eng.concurrent_runs) == (1, 1, default_threads())
+    path = tiny_dir / "model.onnx"  # a tiny one: batches, since per-call overhead dominates
+    assert plan_engine(path, "cpu")[1].batch_size == CPU_SMALL_MODEL_BATCH
     _, eng = plan_engine(path, "cpu", threads=2)  # threads alone: one run at a time
     assert (eng.threads, eng.concurrent_runs) == (2, 1)
     _, eng = plan_engine(path, "cpu", batch_size=16, concurrent_runs=3)
