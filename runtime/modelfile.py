@@ -132,11 +132,11 @@ def _walk(buf, s: int, e: int, kind: str) -> Iterator[ExternalRef]:
 class ModelScan:
     refs: list[ExternalRef]  # tensors whose data sits in other files
     metadata: dict[str, str]  # metadata_props
-    graph_sha256: str  # over the serialized graph, then each external range in order
+    graph_span: tuple[int, int]  # byte range of the serialized graph in the file
 
 
-def scan_onnx(path: str | Path, *, digest: bool = True) -> ModelScan:
-    """Walk an ONNX file without loading it: external data, metadata, and a digest of the graph."""
+def scan_onnx(path: str | Path) -> ModelScan:
+    """Walk an ONNX file without loading it: external data, metadata, where the graph lies."""
     path = Path(path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -145,14 +145,13 @@ def scan_onnx(path: str | Path, *, digest: bool = True) -> ModelScan:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             refs: list[ExternalRef] = []
             metadata: dict[str, str] = {}
-            h = hashlib.sha256()
+            span = (0, 0)
             try:
                 for num, wt, a, b in _fields(buf, 0, size):
                     if wt != 2:
                         continue
                     if num == _MODEL_GRAPH:
-                        for off in range(a, b, 2**24) if digest else ():  # 16 MiB at a time, not a copy of it all
-                            h.update(buf[off : min(b, off + 2**24)])
+                        span = (a, b)
                         refs += _walk(buf, a, b, "graph")
                     elif num == _MODEL_FUNCTIONS:
                         refs += _walk(buf, a, b, "function")
@@ -164,13 +163,14 @@ def scan_onnx(path: str | Path, *, digest: bool = True) -> ModelScan:
                     f"{path}: not a complete ONNX file (the protobuf breaks off at byte {e.args[0]:,} of "
                     f"{size:,}); it was cut short or corrupted — copy or export it again"
                 ) from None
-    return ModelScan(refs, metadata, h.hexdigest())
+    return ModelScan(refs, metadata, span)
 
 
-def _digest_external(h, path: Path, ref: ExternalRef) -> None:
+def _digest_range(h, path: Path, offset: int, length: int | None) -> None:
+    """Feed bytes [offset, offset + length) of a file to h, 16 MiB at a time (None: to the end)."""
     with open(path, "rb") as f:
-        f.seek(ref.offset)
-        left = ref.length
+        f.seek(offset)
+        left = length
         while left is None or left > 0:
             chunk = f.read(2**24 if left is None else min(left, 2**24))
             if not chunk:
@@ -180,15 +180,18 @@ def _digest_external(h, path: Path, ref: ExternalRef) -> None:
                 left -= len(chunk)
 
 
-def graph_digest(path: str | Path) -> str:
-    """The digest pcv records at export as metadata pcv.graph_sha256 (metadata itself excluded)."""
+def graph_digest(path: str | Path, scan: ModelScan | None = None) -> str:
+    """The digest pcv records at export as metadata pcv.graph_sha256 (metadata itself excluded):
+    sha256 over the serialized graph, then each external data range in order."""
     path = Path(path)
-    sc = scan_onnx(path)
+    sc = scan or scan_onnx(path)
+    h = hashlib.sha256()
+    _digest_range(h, path, sc.graph_span[0], sc.graph_span[1] - sc.graph_span[0])
     if not sc.refs:
-        return sc.graph_sha256
-    h = hashlib.sha256(bytes.fromhex(sc.graph_sha256))
+        return h.hexdigest()
+    h = hashlib.sha256(h.digest())
     for ref in sc.refs:
-        _digest_external(h, path.parent / ref.location, ref)
+        _digest_range(h, path.parent / ref.location, ref.offset, ref.length)
     return h.hexdigest()
 
 
@@ -205,7 +208,7 @@ def check_onnx_file(path: str | Path, *, max_bytes: int) -> dict[str, str]:
     folder = path.resolve().parent
     total = path.stat().st_size
     seen: set[Path] = set()
-    sc = scan_onnx(path, digest=False)  # cheap structural pass first: nothing outside is touched yet
+    sc = scan_onnx(path)  # structure only: nothing outside the file is touched before the checks below
     for ref in sc.refs:
         where = f"{path}: tensor {ref.tensor!r} keeps its data in {ref.location!r}"
         if not ref.location:
@@ -226,7 +229,7 @@ def check_onnx_file(path: str | Path, *, max_bytes: int) -> dict[str, str]:
     if total > max_bytes:
         raise ModelError(f"{path}: {total / 2**30:.1f} GiB with external data is larger than any pcv model; refusing to load it")
     recorded = sc.metadata.get(DIGEST_KEY)
-    if recorded is not None and (actual := graph_digest(path)) != recorded:
+    if recorded is not None and (actual := graph_digest(path, sc)) != recorded:
         raise ModelError(
             f"{path}: the graph and weights do not match the digest recorded at export ({DIGEST_KEY} "
             f"{recorded[:12]}…, file {actual[:12]}…): the file is corrupted or was edited. Export it again"

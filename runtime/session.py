@@ -133,7 +133,7 @@ def plan_engine(model: Path, provider: str, *, batch_size: int | None = None, th
     """The provider pcv-batch will use for this model and how to drive it: explicit values win,
     the rest comes from ENGINES. Threads given without concurrent runs means one run at a time."""
     try:
-        variant = scan_onnx(model, digest=False).metadata.get("pcv.variant")
+        variant = scan_onnx(model).metadata.get("pcv.variant")
     except OSError as e:
         raise ModelError(f"{model}: cannot read the model ({e})") from e
     name = pick_provider(provider, variant)
