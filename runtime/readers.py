@@ -11,6 +11,7 @@ import csv
 import gzip
 import io
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -120,6 +121,9 @@ def _field(obj: dict[str, Any], name: str, line: int) -> tuple[Any, str | None]:
     return obj[name], None
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def _has_surrogates(s: str) -> bool:
     try:
         s.encode("utf-8")
@@ -152,7 +156,9 @@ def read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Reco
         text, err = _field(obj, cfg.text_field, line)
         if err is None and not isinstance(text, str):
             err = f"field {cfg.text_field!r} is {type(text).__name__}, expected a string"
-        if err is None and _has_surrogates(text):  # "\ud800" is valid JSON but not encodable text
+        # "\ud800" is valid JSON but not encodable text. Strict UTF-8 decoding cannot produce a
+        # surrogate, only such an escape can: look for one before paying for an encode per record.
+        if err is None and _SURROGATE_ESCAPE.search(raw) and _has_surrogates(text):
             err = f"field {cfg.text_field!r} holds an unpaired UTF-16 surrogate escape; it is not valid text"
         label = None
         if err is None and cfg.label_field:
