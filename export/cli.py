@@ -29,6 +29,29 @@ def _size(a: argparse.Namespace):
     return ModelSize(max_length=a.max_length, **{f: getattr(a, f) for f in _SIZE_FLAGS})
 
 
+def _add_run_flags(p: argparse.ArgumentParser, *, lr: float, warmup: int, epochs: float, eval_every: int, limit_help: str) -> None:
+    """The step-loop flags pcv-train and pcv-pretrain share (their defaults differ)."""
+    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--warmup-steps", type=int, default=warmup)
+    p.add_argument("--epochs", type=float, default=epochs)
+    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--eval-every", type=int, default=eval_every)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--limit", type=int, help=limit_help)
+
+
+_RUN_FIELDS = ("max_length", "batch_size", "lr", "warmup_steps", "epochs", "max_minutes", "eval_every",
+               "checkpoint_every", "seed", "device", "limit")
+
+
+def _run_args(a: argparse.Namespace) -> dict:
+    return {f: getattr(a, f) for f in _RUN_FIELDS}
+
+
 def train_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="pcv-train",
@@ -48,19 +71,9 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--unlabelled", nargs="*", default=[], help="text-only files for distillation")
     p.add_argument("--teacher", choices=["none", "ngram"], default="none")
     p.add_argument("--distill-weight", type=float, default=0.5)
-    p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--warmup-steps", type=int, default=200)
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--max-minutes", type=float)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--val-limit", type=int)
-    p.add_argument("--eval-every", type=int, default=500)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--limit", type=int, help="use only the first N labelled records")
+    _add_run_flags(p, lr=5e-5, warmup=200, epochs=3.0, eval_every=500, limit_help="use only the first N labelled records")
     a = p.parse_args(argv)
     from .train import TrainConfig, train
 
@@ -68,9 +81,7 @@ def train_main(argv: list[str] | None = None) -> int:
         data=tuple(a.data), out=a.out, init_from=a.init_from, init=a.init,
         size=_size(a), text_field=a.text_field, label_field=a.label_field, labels=tuple(a.labels.split(",")),
         unlabelled=tuple(a.unlabelled), teacher=a.teacher, distill_weight=a.distill_weight,
-        max_length=a.max_length, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps, epochs=a.epochs,
-        max_minutes=a.max_minutes, val_fraction=a.val_fraction, val_limit=a.val_limit, eval_every=a.eval_every,
-        checkpoint_every=a.checkpoint_every, seed=a.seed, device=a.device, limit=a.limit,
+        val_fraction=a.val_fraction, val_limit=a.val_limit, **_run_args(a),
     )
     try:
         m = train(cfg)
@@ -96,24 +107,13 @@ def pretrain_main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-field", default="text")
     p.add_argument("--mask-rate", type=float, default=0.15, help="fraction of content bytes masked")
     p.add_argument("--mean-span", type=float, default=3.0, help="mean masked span in bytes")
-    p.add_argument("--max-length", type=int, default=2048)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup-steps", type=int, default=500)
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--max-minutes", type=float)
-    p.add_argument("--eval-every", type=int, default=1000)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--limit", type=int, help="use only the first N texts")
+    _add_run_flags(p, lr=5e-4, warmup=500, epochs=1.0, eval_every=1000, limit_help="use only the first N texts")
     a = p.parse_args(argv)
     from .pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(
-        data=tuple(a.data), out=a.out, init=a.init, size=_size(a), text_field=a.text_field, mask_rate=a.mask_rate, mean_span=a.mean_span, max_length=a.max_length,
-        batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps, epochs=a.epochs, max_minutes=a.max_minutes,
-        eval_every=a.eval_every, checkpoint_every=a.checkpoint_every, seed=a.seed, device=a.device, limit=a.limit,
+        data=tuple(a.data), out=a.out, init=a.init, size=_size(a), text_field=a.text_field, mask_rate=a.mask_rate,
+        mean_span=a.mean_span, **_run_args(a),
     )
     try:
         m = pretrain(cfg)

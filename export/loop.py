@@ -65,6 +65,15 @@ def start(model: torch.nn.Module, *, pool_size: int, batch_size: int, epochs: fl
     return opt, ckpt, state, total_steps, steps_per_epoch, lr_at
 
 
+def record_eval(state: dict, entry: dict, acc: float, model, out: Path) -> None:
+    """Log one evaluation into the run's history; the best model so far is saved to `out`."""
+    state["history"].append(entry)
+    tqdm.write(json.dumps(entry))
+    if acc > state["best_acc"]:
+        state["best_acc"] = acc
+        model.save_pretrained(out, safe_serialization=True)
+
+
 def run_steps(*, model: torch.nn.Module, opt: torch.optim.Optimizer, ckpt: Checkpoint, state: dict,
               loss_of: Callable[[np.ndarray, int], torch.Tensor], run_eval: Callable[[], None], lr: Callable[[int, float], float],
               pool_size: int, batch_size: int, total_steps: int, order_seed: int, eval_every: int,

@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
-from tqdm import tqdm
 from transformers import PerceiverForMaskedLM
 
 from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
 from pcv.runtime.tokenizer import MASK
 
-from .loop import run_steps, start
+from .loop import record_eval, run_steps, start
 from .modeling import ModelSize, _sinusoids, build_config, patch_init
 
 IGNORE = -100  # label of positions the loss skips
@@ -206,11 +205,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         acc = masked_accuracy(model, val, cfg, device)
         entry = {"step": state["step"], "masked_byte_accuracy": round(acc, 4), "train_loss": state.get("last_loss"),
                  "train_seconds": round(state["train_seconds"], 1)}
-        state["history"].append(entry)
-        tqdm.write(json.dumps(entry))
-        if acc > state["best_acc"]:
-            state["best_acc"] = acc
-            model.save_pretrained(out, safe_serialization=True)
+        record_eval(state, entry, acc, model, out)
 
     tok = PerceiverByteTokenizer()
 

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from transformers import PerceiverForSequenceClassification
 
 from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
 
-from .loop import run_steps, start
+from .loop import record_eval, run_steps, start
 from .modeling import IMDB_LABELS, ModelSize, build_config, load_classifier, patch_init
 
 
@@ -176,11 +175,7 @@ def train(cfg: TrainConfig) -> dict:
         acc = evaluate(model, va_texts, va_labels, max_length=cfg.max_length, device=device, bf16=cfg.bf16)
         entry = {"step": state["step"], "epoch": round(state["step"] / steps_per_epoch, 3), "val_accuracy": acc,
                  "train_seconds": round(state["train_seconds"], 1)}
-        state["history"].append(entry)
-        tqdm.write(json.dumps(entry))
-        if acc > state["best_acc"]:
-            state["best_acc"] = acc
-            model.save_pretrained(out, safe_serialization=True)
+        record_eval(state, entry, acc, model, out)
 
     tok = PerceiverByteTokenizer()
 
