@@ -49,9 +49,10 @@ ENGINES: dict[str, Engine] = {
     "tensorrt": Engine(batch_size=64, threads=None, concurrent_runs=1),
 }
 # Below this file size a model is so cheap per example that session.run's fixed cost dominates at
-# batch 1: a 0.44 MiB Perceiver ran 4,273 ex/s at batch 1 and 6,873 at batch 16 (1 thread x 2 runs),
-# while a 2.8 MiB one ran 775 vs 696 and the 19 MiB bundled model 57.5 vs 47.9 (best of 2, 200-1,000
-# real reviews). Small models on the CPU get this batch size instead.
+# batch 1. pcv-bench --engine --engine-repeats 2 --batch-sizes 1,16 (bench/results/cpu-engine-*,
+# 1 thread x 2 runs, best of 2, 200 real reviews): a 0.44 MiB Perceiver 3,700 ex/s at batch 1 vs
+# 6,539 at batch 16; a 2.8 MiB one 768 vs 630; the 19 MiB bundled model 55.9 vs 47.0. Small models
+# on the CPU get this batch size instead.
 CPU_SMALL_MODEL_BYTES, CPU_SMALL_MODEL_BATCH = 2**20, 16
 DEFAULT_MODEL = "imdb-perceiver"
 MAX_ONNX_BYTES = 8 * 2**30  # refuse absurd files before onnxruntime tries to map them
