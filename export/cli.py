@@ -15,7 +15,7 @@ def _fail(msg: str) -> int:
 
 # Size flags of a fresh model (pcv-train, pcv-pretrain) -> ModelSize fields; max_length comes from --max-length.
 _SIZE_FLAGS = {"num_latents": 256, "d_latents": 256, "d_model": 256, "num_layers": 6, "self_heads": 8,
-               "cross_heads": 8, "cross_widening": 1, "self_widening": 1}
+               "cross_heads": 8, "cross_widening": 1, "self_widening": 1, "qk_channels": None, "v_channels": None}
 
 
 def _add_size_flags(p: argparse.ArgumentParser) -> None:
@@ -71,6 +71,8 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--unlabelled", nargs="*", default=[], help="text-only files for distillation")
     p.add_argument("--teacher", choices=["none", "ngram"], default="none")
     p.add_argument("--distill-weight", type=float, default=0.5)
+    p.add_argument("--dense-weight", type=float, default=0.0,
+                   help="dense distillation: weight of a per-latent word-lexicon loss (0 = off)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--val-limit", type=int)
     _add_run_flags(p, lr=5e-5, warmup=200, epochs=3.0, eval_every=500, limit_help="use only the first N labelled records")
@@ -80,7 +82,7 @@ def train_main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(
         data=tuple(a.data), out=a.out, init_from=a.init_from, init=a.init,
         size=_size(a), text_field=a.text_field, label_field=a.label_field, labels=tuple(a.labels.split(",")),
-        unlabelled=tuple(a.unlabelled), teacher=a.teacher, distill_weight=a.distill_weight,
+        unlabelled=tuple(a.unlabelled), teacher=a.teacher, distill_weight=a.distill_weight, dense_weight=a.dense_weight,
         val_fraction=a.val_fraction, val_limit=a.val_limit, **_run_args(a),
     )
     try:

@@ -7,6 +7,8 @@ training texts come from cross-validation, so they are not over-confident memori
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import numpy.typing as npt
 
@@ -36,3 +38,61 @@ def teacher_probs(
     other = full.predict_proba(x_other).astype(np.float32) if len(other_texts) else np.zeros((0, num_labels), np.float32)
     return cv, other
 
+
+
+# Word tokens as sklearn's vectorizers find them: 2+ word characters.
+_WORD = re.compile(r"(?u)\b\w\w+\b")
+
+
+def word_weights(texts: list[str], labels: npt.NDArray[np.int64], *, c: float = 0.5) -> dict[str, float]:
+    """A lexicon: logistic-regression weight (positive = label 1) of each lower-cased word, from
+    binary word presence. The dense teacher places these weights under the latents."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    if len(set(labels.tolist())) != 2:
+        raise ValueError("the dense word teacher needs exactly two labels")
+    vec = CountVectorizer(binary=True, min_df=3, lowercase=True)
+    x = vec.fit_transform(texts)
+    coef = LogisticRegression(C=c, max_iter=2000).fit(x, labels).coef_[0]
+    return dict(zip(vec.get_feature_names_out().tolist(), coef.astype(np.float32).tolist()))
+
+
+class DenseTargets:
+    """Per-latent targets for dense distillation.
+
+    Latent i of a patch-initialised model starts reading bytes [i*W, (i+1)*W) of the input
+    (W = max_length / num_latents; position 0 is [CLS]). Its target is the summed lexicon weight
+    of the words that start in that window, so every latent gets a signal, not only the pooled
+    output. `__call__` gives (targets (B, N), mask (B, N) of latents over real bytes).
+    """
+
+    def __init__(self, weights: dict[str, float], *, num_latents: int, max_length: int) -> None:
+        if max_length % num_latents:
+            raise ValueError(f"max_length {max_length} is not a multiple of num_latents {num_latents}")
+        self.weights, self.n, self.window, self.max_length = weights, num_latents, max_length // num_latents, max_length
+
+    def normalised(self, texts: list[str]) -> DenseTargets:
+        """The same targets scaled to unit RMS over the latents of `texts` (a sample of the pool), so
+        one dense weight suits any lexicon and window."""
+        t, m = self(texts)
+        rms = float(np.sqrt((t**2 * m).sum() / max(1.0, m.sum()))) or 1.0
+        return DenseTargets({k: v / rms for k, v in self.weights.items()}, num_latents=self.n, max_length=self.max_length)
+
+    def __call__(self, texts: list[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        targets = np.zeros((len(texts), self.n), np.float32)
+        mask = np.zeros((len(texts), self.n), np.float32)
+        for row, text in enumerate(texts):
+            ascii_ = text.isascii()
+            offsets = None if ascii_ else np.concatenate([[0], np.cumsum([len(ch.encode("utf-8", "surrogatepass")) for ch in text])])
+            n_bytes = len(text) if ascii_ else int(offsets[-1])
+            used = min(n_bytes + 2, self.max_length)  # [CLS] + bytes + [SEP], truncated
+            mask[row, : -(-used // self.window)] = 1.0
+            for m in _WORD.finditer(text):
+                pos = 1 + (m.start() if ascii_ else int(offsets[m.start()]))
+                if pos >= used:
+                    break
+                w = self.weights.get(m.group().lower())
+                if w is not None:
+                    targets[row, pos // self.window] += w
+        return targets, mask

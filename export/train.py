@@ -19,6 +19,7 @@ from transformers import PerceiverForSequenceClassification
 from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
 
+from .fastattn import use_fused_attention
 from .loop import record_eval, run_steps, start
 from .modeling import IMDB_LABELS, ModelSize, build_config, load_classifier, patch_init
 
@@ -36,6 +37,8 @@ class TrainConfig:
     unlabelled: tuple[str, ...] = ()  # text-only files, used through the teacher
     teacher: str = "none"  # "ngram": distil from a TF-IDF + logistic regression teacher
     distill_weight: float = 0.5  # labelled targets = w * teacher + (1 - w) * one-hot
+    dense_weight: float = 0.0  # > 0: dense distillation, a word-lexicon target under every latent (teacher.DenseTargets)
+    fused_attention: bool = True  # train through torch's scaled_dot_product_attention (fastattn)
     max_length: int = 2048
     batch_size: int = 32
     lr: float = 5e-5  # the reference recipe (pretrained start); fresh models want ~5e-4
@@ -166,9 +169,21 @@ def train(cfg: TrainConfig) -> dict:
     model.config.id2label = id2label
     model.config.label2id = {v: k for k, v in id2label.items()}
     model.to(device).train()
+    if cfg.fused_attention:
+        use_fused_attention(model)
+    trained: torch.nn.Module = model  # what the optimizer and the checkpoint hold
+    dense = None
+    if cfg.dense_weight > 0:
+        from .teacher import DenseTargets, word_weights
+
+        mc = model.config
+        dense = DenseTargets(word_weights(tr_texts, tr_labels), num_latents=mc.num_latents,
+                             max_length=cfg.max_length).normalised(tr_texts[:2000])
+        head = torch.nn.Linear(mc.d_latents, 1).to(device)  # training only: reads a word score off each latent
+        trained = torch.nn.ModuleDict({"model": model, "dense_head": head})
 
     opt, ckpt, state, total_steps, steps_per_epoch, lr = start(
-        model, pool_size=len(pool), batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+        trained, pool_size=len(pool), batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
         warmup=cfg.warmup_steps, max_minutes=cfg.max_minutes, ckpt_dir=ckpt_dir, device=device)
 
     def run_eval() -> None:
@@ -185,10 +200,15 @@ def train(cfg: TrainConfig) -> dict:
         m = torch.from_numpy(enc.attention_mask).to(device, non_blocking=True)
         y = torch.from_numpy(targets[idx]).to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
-            logits = model(inputs=x, attention_mask=m).logits
-        return -(y * torch.log_softmax(logits.float(), -1)).sum(-1).mean()
+            out = model(inputs=x, attention_mask=m, output_hidden_states=dense is not None)
+        loss = -(y * torch.log_softmax(out.logits.float(), -1)).sum(-1).mean()
+        if dense is not None:
+            t, tm = (torch.from_numpy(a).to(device) for a in dense([pool[i] for i in idx]))
+            pred = trained["dense_head"](out.hidden_states[-1].float()).squeeze(-1)
+            loss = loss + cfg.dense_weight * (((pred - t) ** 2) * tm).sum() / tm.sum()
+        return loss
 
-    run_steps(model=model, opt=opt, ckpt=ckpt, state=state, loss_of=loss_of, run_eval=run_eval, lr=lr,
+    run_steps(model=trained, opt=opt, ckpt=ckpt, state=state, loss_of=loss_of, run_eval=run_eval, lr=lr,
               pool_size=len(pool), batch_size=cfg.batch_size, total_steps=total_steps, order_seed=cfg.seed,
               eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, max_minutes=cfg.max_minutes, desc="train")
     metrics = {

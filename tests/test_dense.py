@@ -1,0 +1,94 @@
+"""Dense distillation (teacher.DenseTargets, the word lexicon) and the fused training attention."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import PerceiverForSequenceClassification
+
+from pcv.export.cli import train_main
+from pcv.export.fastattn import use_fused_attention
+from pcv.export.modeling import ModelSize, build_config, patch_init
+from pcv.export.teacher import DenseTargets, word_weights
+from pcv.runtime import PerceiverByteTokenizer
+
+
+def test_targets_sit_under_the_latent_that_reads_the_word():
+    d = DenseTargets({"great": 2.0, "film": -1.0}, num_latents=4, max_length=16)  # 4-byte windows
+    t, m = d(["a great film"])  # [CLS] at 0: "great" at byte 3 -> latent 0, "film" at byte 9 -> latent 2
+    assert t.tolist() == [[2.0, 0.0, -1.0, 0.0]] and m.tolist() == [[1, 1, 1, 1]]
+    t, m = d(["é great"])  # two-byte é: "great" starts at byte 4 -> latent 1; 10 tokens -> 3 latents used
+    assert t.tolist() == [[0.0, 2.0, 0.0, 0.0]] and m.tolist() == [[1, 1, 1, 0]]
+    t, _ = d(["x" * 20 + " great"])  # truncated away: no target
+    assert not t.any()
+    t, _ = d(["GREAT great, great!"])  # lower-cased like the lexicon; repeats add up per window
+    assert t.sum() == 6.0
+
+
+def test_word_positions_match_the_tokenizer(reviews):
+    # The byte position DenseTargets computes for each word is where the tokenizer puts its first byte.
+    tok = PerceiverByteTokenizer()
+    words = {"the": 1.0}
+    d = DenseTargets(words, num_latents=2048, max_length=2048)  # window 1: latent = token position
+    texts = [r["text"] for r in reviews[:20]] + ["naïve café — the end", "日本 the 映画"]
+    t, _ = d(texts)
+    ids = tok(texts, max_length=2048, truncation=True, padding="longest").input_ids
+    for row, text in enumerate(texts):
+        for pos in np.flatnonzero(t[row]):
+            word = bytes(int(i) - 6 for i in ids[row, pos : pos + 3]).lower()  # byte ids follow the 6 specials
+            assert word == b"the", (text, pos)
+            prev = int(ids[row, pos - 1])
+            assert prev < 6 or not chr(prev - 6).isalpha()  # a word start ([CLS] or a non-letter before it)
+
+
+def test_normalised_targets_have_unit_rms(reviews):
+    texts = [r["text"] for r in reviews]
+    labels = np.array([r["label"] for r in reviews])
+    d = DenseTargets(word_weights(texts, labels), num_latents=64, max_length=512).normalised(texts)
+    t, m = d(texts)
+    assert np.sqrt((t**2 * m).sum() / m.sum()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_fused_attention_gives_the_stock_logits_and_gradients():
+    torch.manual_seed(0)
+    size = ModelSize(num_latents=16, d_latents=32, d_model=64, num_layers=2, self_heads=2, cross_heads=4, max_length=128)
+    stock = PerceiverForSequenceClassification(build_config(size)).eval()
+    patch_init(stock)
+    fused = copy.deepcopy(stock)
+    assert use_fused_attention(fused) == 4  # cross-attention, 2 self-attention layers, decoder
+    x = torch.randint(6, 262, (3, 100))
+    mask = torch.ones(3, 100, dtype=torch.long)
+    mask[1, 40:] = 0
+    mask[2, 90:] = 0
+    outs = []
+    for m in (stock, fused):
+        m.zero_grad()
+        logits = m(inputs=x, attention_mask=mask).logits
+        logits.sum().backward()
+        outs.append((logits.detach(), m.perceiver.input_preprocessor.embeddings.weight.grad.clone()))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5)
+    assert torch.allclose(outs[0][1], outs[1][1], atol=1e-5)
+
+
+def test_train_with_dense_distillation_saves_a_plain_classifier(tmp_path, reviews):
+    p = tmp_path / "train.jsonl"
+    rows = [r for r in reviews if r["label"] == 0][:24] + [r for r in reviews if r["label"] == 1][:24]
+    p.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows))
+    out = tmp_path / "m"
+    args = [str(p), "--out", str(out), "--dense-weight", "1.0", "--epochs", "1", "--num-latents", "16", "--d-latents", "32",
+            "--d-model", "64", "--num-layers", "1", "--self-heads", "2", "--cross-heads", "2", "--max-length", "128",
+            "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "2", "--eval-every", "3", "--checkpoint-every", "3"]
+    assert train_main(args) == 0
+    # the dense head is training-only: the saved model loads as a stock classifier without leftovers
+    m = PerceiverForSequenceClassification.from_pretrained(out)
+    assert m.config.num_latents == 16
+    from safetensors import safe_open
+
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if "dense_head" in k or k.startswith("model.")]
+    assert train_main([*args[:6], "2", *args[7:]]) == 0  # resumes (the checkpoint holds the head too)
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 12
