@@ -131,8 +131,8 @@ def train(cfg: TrainConfig) -> dict:
 
     texts, labels = load_labelled(cfg.data, cfg)
     tr, va = split(len(texts), cfg.val_fraction, cfg.seed)
-    if cfg.val_limit:
-        va = va[: cfg.val_limit]
+    if cfg.val_limit:  # a seeded sample, not the first N: files are often sorted by label
+        va = np.sort(np.random.default_rng(cfg.seed).permutation(va)[: cfg.val_limit])
     tr_texts, tr_labels = [texts[i] for i in tr], labels[tr]
     va_texts, va_labels = [texts[i] for i in va], labels[va]
     num_labels = len(id2label)
@@ -219,6 +219,7 @@ def train(cfg: TrainConfig) -> dict:
         "train_seconds": round(state["train_seconds"], 1),
         "train_size": len(tr_texts),
         "val_size": len(va_texts),
+        "val_label_counts": np.bincount(va_labels, minlength=num_labels).tolist(),
         "pool_size": len(pool),
         "teacher_val_accuracy": teacher_val_acc,
         "parameters": sum(p.numel() for p in model.parameters()),

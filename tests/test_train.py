@@ -76,3 +76,13 @@ def test_patch_init_makes_each_head_look_at_one_byte_of_its_patch():
     want = torch.arange(latents)[None, :] * (512 // latents) + torch.arange(heads)[:, None]  # (H, N)
     assert (att.argmax(-1) == want).float().mean() > 0.95
     assert att.max(-1).values.mean() > 0.5  # sharp, not uniform
+
+
+def test_val_limit_samples_both_labels_of_a_sorted_file(tmp_path):
+    # IMDB's train file is sorted by label: the first N validation rows would all be negative.
+    p = tmp_path / "sorted.jsonl"
+    p.write_text("".join(json.dumps({"text": f"t{i}", "label": int(i >= 500)}) + "\n" for i in range(1000)))
+    out = tmp_path / "m"
+    assert train_main([str(p), "--out", str(out), "--epochs", "0.1", "--val-fraction", "0.5", "--val-limit", "40", *TINY]) == 0
+    neg, pos = json.loads((out / "metrics.json").read_text())["val_label_counts"]
+    assert neg + pos == 40 and 10 < pos < 30
