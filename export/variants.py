@@ -7,6 +7,7 @@ checker; numerical parity with the torch model is pcv-check's job.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import tempfile
@@ -36,7 +37,7 @@ class VariantConfig:
     calibration_size: int = 128  # texts used for calibration
     calibration_batch: int = 8
     per_channel: bool = True  # int8-static: per-channel weight scales
-    max_length: int = 2048
+    max_length: int = 2048  # calibration and tensorrt profiles; clamped to the source model's pcv.max_length
     batch_size: int = 64  # tensorrt profiles: the largest batch pcv-batch sends
     trt_fp16: bool = False
     trt_cache_dir: str | None = None
@@ -286,4 +287,7 @@ def variant_path(out: Path, kind: str) -> Path:
 def build_variant(kind: str, src: Path, out: Path, cfg: VariantConfig = VariantConfig()) -> VariantReport:
     if kind not in BUILDERS:
         raise PcvError(f"variant {kind!r} is unknown: use one of {', '.join(VARIANTS)}")
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    if (longest := int(meta.get("pcv.max_length", cfg.max_length))) < cfg.max_length:
+        cfg = dataclasses.replace(cfg, max_length=longest)  # no calibration batch or profile beyond the positions
     return BUILDERS[kind](Path(src), Path(out), cfg)

@@ -146,3 +146,13 @@ def test_cross_attention_fusion_is_exact_with_padding(tmp_path, review_texts, qk
     enc.input_ids[1, 10:] = 0
     outs = [OnnxClassifier(p).logits(enc.input_ids, enc.attention_mask) for p in (path, rep.path)]
     assert np.abs(outs[0] - outs[1]).max() < 1e-5
+
+
+def test_calibration_stays_within_the_models_positions(src, review_texts, tmp_path):
+    # VariantConfig's max_length defaults to 2048; a model with fewer positions must not be fed
+    # longer calibration batches (ORT: "indices element out of data bounds").
+    _, path = src  # 512 positions
+    assert max(len(t.encode()) for t in review_texts[:16]) > 512
+    out = tmp_path / "m.int8-static.onnx"
+    rep = build_variant("int8-static", path, out, VariantConfig(calibration_texts=tuple(review_texts[:16])))
+    assert out.is_file() and rep.kind == "int8-static"
