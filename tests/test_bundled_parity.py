@@ -58,13 +58,18 @@ def test_bundled_variant_logits(bundled, kind, batch, seq):
 def test_pcv_check_passes_every_variant_on_the_fixture(bundled, tmp_path, capsys):
     _, paths, _ = bundled
     js = tmp_path / "check.json"
+    # 60 reviews cannot resolve the issue's ±0.5 pt: one changed label is 1.67 pt. Here the int8
+    # kinds may change at most one fixture label; the ±0.5 pt itself is checked by pcv-check on the
+    # 2,500 validation reviews (models/imdb-perceiver/training/pcv-check-val2500.json).
+    one_label = 100 / 60 + 1e-6
     rc = check_main([str(default_model_path().parent), *map(str, paths.values()), "--data", str(FIXTURE),
-                     "--json", str(js)])
+                     "--json", str(js), "--max-acc-drop", str(one_label)])
     table = capsys.readouterr().out
     assert rc == 0, table
     rows = {r["variant"]: r for r in json.loads(js.read_text())}
     assert set(rows) == {"torch", "fp32", *KINDS}
     for kind in ("fp32", "optimized"):
         assert rows[kind]["agreement"] == 1.0 and rows[kind]["max_abs_logit"] <= TOLERANCES[kind].max_abs_logit
+    assert rows["fp16"]["agreement"] == 1.0 and rows["fp16"]["max_abs_logit"] <= TOLERANCES["fp16"].max_abs_logit
     for kind in ("int8", "int8-static"):
-        assert abs(rows[kind]["acc_delta"]) <= TOLERANCES[kind].max_acc_drop
+        assert abs(rows[kind]["acc_delta"]) <= one_label and rows[kind]["agreement"] >= 59 / 60
