@@ -39,7 +39,11 @@ def test_word_positions_match_the_tokenizer(reviews):
     ids = tok(texts, max_length=2048, truncation=True, padding="longest").input_ids
     for row, text in enumerate(texts):
         for pos in np.flatnonzero(t[row]):
-            word = bytes(int(i) - 6 for i in ids[row, pos : pos + 3]).lower()  # byte ids follow the 6 specials
+            got = [int(i) - 6 for i in ids[row, pos : pos + 3]]  # byte ids follow the 6 specials
+            if min(got) < 0:  # the word runs into [SEP] at the truncation point: its start is still there
+                assert got[0] == ord("t") or got[0] == ord("T")
+                continue
+            word = bytes(got).lower()
             assert word == b"the", (text, pos)
             prev = int(ids[row, pos - 1])
             assert prev < 6 or not chr(prev - 6).isalpha()  # a word start ([CLS] or a non-letter before it)
