@@ -190,7 +190,7 @@ def export_main(argv: list[str] | None = None) -> int:
             rc = ReaderConfig(text_field=a.text_field, id_field=None)
             calib = tuple(t for t, _ in zip((r.text for r in read_records(a.calibration, rc) if r.text), range(a.calibration_size)))
         vcfg = VariantConfig(calibration_texts=calib, calibration_size=a.calibration_size, trt_fp16=a.trt_fp16,
-                             batch_size=a.batch_size, max_length=a.max_length or int(model.config.max_position_embeddings))
+                             batch_size=a.batch_size)  # max_length: the exported model's pcv.max_length
         for kind in dict.fromkeys(k for k in a.variant if k != "fp32"):
             print(build_variant(kind, Path(a.out), variant_path(Path(a.out), kind), vcfg).format())
     except PcvError as e:

@@ -20,7 +20,8 @@ import numpy as np
 import onnx
 
 from pcv.runtime.errors import PcvError, ProviderError
-from pcv.runtime.tokenizer import PerceiverByteTokenizer
+from pcv.runtime.modelfile import scan_onnx
+from pcv.runtime.tokenizer import DEFAULT_MAX_LENGTH, PerceiverByteTokenizer
 
 from .onnx_export import save_onnx, set_metadata
 
@@ -37,7 +38,7 @@ class VariantConfig:
     calibration_size: int = 128  # texts used for calibration
     calibration_batch: int = 8
     per_channel: bool = True  # int8-static: per-channel weight scales
-    max_length: int = 2048  # calibration and tensorrt profiles; clamped to the source model's pcv.max_length
+    max_length: int | None = None  # calibration and tensorrt profiles; None or longer: the source's pcv.max_length
     batch_size: int = 64  # tensorrt profiles: the largest batch pcv-batch sends
     trt_fp16: bool = False
     trt_cache_dir: str | None = None
@@ -291,7 +292,7 @@ def variant_path(out: Path, kind: str) -> Path:
 def build_variant(kind: str, src: Path, out: Path, cfg: VariantConfig = VariantConfig()) -> VariantReport:
     if kind not in BUILDERS:
         raise PcvError(f"variant {kind!r} is unknown: use one of {', '.join(VARIANTS)}")
-    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
-    if (longest := int(meta.get("pcv.max_length", cfg.max_length))) < cfg.max_length:
+    longest = int(scan_onnx(src).metadata.get("pcv.max_length", DEFAULT_MAX_LENGTH))
+    if cfg.max_length is None or cfg.max_length > longest:
         cfg = dataclasses.replace(cfg, max_length=longest)  # no calibration batch or profile beyond the positions
     return BUILDERS[kind](Path(src), Path(out), cfg)
