@@ -62,22 +62,26 @@ class DenseTargets:
     """Per-latent targets for dense distillation.
 
     Latent i of a patch-initialised model starts reading bytes [i*W, (i+1)*W) of the input
-    (W = max_length / num_latents; position 0 is [CLS]). Its target is the summed lexicon weight
-    of the words that start in that window, so every latent gets a signal, not only the pooled
-    output. `__call__` gives (targets (B, N), mask (B, N) of latents over real bytes).
+    (W = positions / num_latents, the model's position embeddings per latent; position 0 is
+    [CLS]). Its target is the summed lexicon weight of the words that start in that window, so
+    every latent gets a signal, not only the pooled output. Inputs are cut at max_length tokens
+    (positions defaults to it). `__call__` gives (targets (B, N), mask (B, N) of latents over real bytes).
     """
 
-    def __init__(self, weights: dict[str, float], *, num_latents: int, max_length: int) -> None:
-        if max_length % num_latents:
-            raise ValueError(f"max_length {max_length} is not a multiple of num_latents {num_latents}")
-        self.weights, self.n, self.window, self.max_length = weights, num_latents, max_length // num_latents, max_length
+    def __init__(self, weights: dict[str, float], *, num_latents: int, max_length: int, positions: int | None = None) -> None:
+        positions = positions or max_length
+        if positions % num_latents:
+            raise ValueError(f"the model's {positions} positions are not a multiple of num_latents {num_latents}")
+        self.weights, self.n, self.max_length, self.positions = weights, num_latents, max_length, positions
+        self.window = positions // num_latents
 
     def normalised(self, texts: list[str]) -> DenseTargets:
         """The same targets scaled to unit RMS over the latents of `texts` (a sample of the pool), so
         one dense weight suits any lexicon and window."""
         t, m = self(texts)
         rms = float(np.sqrt((t**2 * m).sum() / max(1.0, m.sum()))) or 1.0
-        return DenseTargets({k: v / rms for k, v in self.weights.items()}, num_latents=self.n, max_length=self.max_length)
+        return DenseTargets({k: v / rms for k, v in self.weights.items()}, num_latents=self.n, max_length=self.max_length,
+                            positions=self.positions)
 
     def __call__(self, texts: list[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         targets = np.zeros((len(texts), self.n), np.float32)

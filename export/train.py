@@ -177,8 +177,8 @@ def train(cfg: TrainConfig) -> dict:
         from .teacher import DenseTargets, word_weights
 
         mc = model.config
-        dense = DenseTargets(word_weights(tr_texts, tr_labels), num_latents=mc.num_latents,
-                             max_length=cfg.max_length).normalised(tr_texts[:2000])
+        dense = DenseTargets(word_weights(tr_texts, tr_labels), num_latents=mc.num_latents, max_length=cfg.max_length,
+                             positions=mc.max_position_embeddings).normalised(tr_texts[:2000])
         head = torch.nn.Linear(mc.d_latents, 1).to(device)  # training only: reads a word score off each latent
         trained = torch.nn.ModuleDict({"model": model, "dense_head": head})
 
@@ -195,7 +195,8 @@ def train(cfg: TrainConfig) -> dict:
     tok = PerceiverByteTokenizer()
 
     def loss_of(idx: np.ndarray, step: int) -> torch.Tensor:
-        enc = tok([pool[i] for i in idx], max_length=cfg.max_length, truncation=True, padding="longest")
+        batch = [pool[i] for i in idx]
+        enc = tok(batch, max_length=cfg.max_length, truncation=True, padding="longest")
         x = torch.from_numpy(enc.input_ids).to(device, non_blocking=True)
         m = torch.from_numpy(enc.attention_mask).to(device, non_blocking=True)
         y = torch.from_numpy(targets[idx]).to(device, non_blocking=True)
@@ -203,7 +204,7 @@ def train(cfg: TrainConfig) -> dict:
             out = model(inputs=x, attention_mask=m, output_hidden_states=dense is not None)
         loss = -(y * torch.log_softmax(out.logits.float(), -1)).sum(-1).mean()
         if dense is not None:
-            t, tm = (torch.from_numpy(a).to(device) for a in dense([pool[i] for i in idx]))
+            t, tm = (torch.from_numpy(a).to(device) for a in dense(batch))
             pred = trained["dense_head"](out.hidden_states[-1].float()).squeeze(-1)
             loss = loss + cfg.dense_weight * (((pred - t) ** 2) * tm).sum() / tm.sum()
         return loss

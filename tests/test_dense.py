@@ -29,6 +29,13 @@ def test_targets_sit_under_the_latent_that_reads_the_word():
     assert t.sum() == 6.0
 
 
+def test_window_comes_from_the_models_positions_not_the_truncation():
+    # A 16-position model with 4 latents reads 4-byte windows even when training cuts inputs at 8.
+    d = DenseTargets({"great": 2.0, "film": -1.0}, num_latents=4, max_length=8, positions=16)
+    t, m = d(["a great film"])  # "great" at byte 3 -> latent 0; "film" at byte 9 is cut off
+    assert t.tolist() == [[2.0, 0.0, 0.0, 0.0]] and m.tolist() == [[1, 1, 0, 0]]
+
+
 def test_word_positions_match_the_tokenizer(reviews):
     # The byte position DenseTargets computes for each word is where the tokenizer puts its first byte.
     tok = PerceiverByteTokenizer()
