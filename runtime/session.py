@@ -162,7 +162,7 @@ class OnnxClassifier:
         self.provider = pick_provider(cfg.provider, meta.get("pcv.variant"))  # auto: int8 -> cpu, ...
         trt = json.loads(meta["pcv.trt_options"]) if "pcv.trt_options" in meta else None
         self.session = self._open(path, cfg, trt)
-        self.info = _read_info(path, self.session)
+        self.info = _read_info(path, self.session, meta, trt)
         self.io_binding = cfg.io_binding if cfg.io_binding is not None else self.provider in ("cuda", "tensorrt")
         self._device = "cuda" if self.provider in ("cuda", "tensorrt") else "cpu"
 
@@ -204,8 +204,8 @@ class OnnxClassifier:
         return binding.copy_outputs_to_cpu()[0]
 
 
-def _read_info(path: Path, session) -> ModelInfo:
-    meta = session.get_modelmeta().custom_metadata_map
+def _read_info(path: Path, session, meta: dict[str, str], trt: dict | None) -> ModelInfo:
+    """Inputs from the open session; labels and limits from the metadata the load check read."""
     inputs = session.get_inputs()
     if len(inputs) != 2:
         raise ModelError(f"{path}: expected 2 inputs (input_ids, attention_mask), got {[i.name for i in inputs]}")
@@ -231,7 +231,6 @@ def _read_info(path: Path, session) -> ModelInfo:
         defaults.append(f"max_length {DEFAULT_MAX_LENGTH}")
     if not 2 < max_length <= 1 << 20:
         raise ModelError(f"{path}: metadata pcv.max_length={max_length} is out of range")
-    trt = json.loads(meta["pcv.trt_options"]) if "pcv.trt_options" in meta else None
     return ModelInfo(path, id2label, max_length, meta.get("pcv.variant", "unknown"), (ids_name, mask_name), tuple(defaults), trt)
 
 
