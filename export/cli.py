@@ -41,11 +41,13 @@ def _add_run_flags(p: argparse.ArgumentParser, *, lr: float, warmup: int, epochs
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false",
+                   help="train in fp32 (default: bf16 autocast on CUDA and on CPUs with bf16 instructions)")
     p.add_argument("--limit", type=int, help=limit_help)
 
 
 _RUN_FIELDS = ("max_length", "batch_size", "lr", "warmup_steps", "epochs", "max_minutes", "eval_every",
-               "checkpoint_every", "seed", "device", "limit")
+               "checkpoint_every", "seed", "device", "bf16", "limit")
 
 
 def _run_args(a: argparse.Namespace) -> dict:

@@ -27,7 +27,7 @@ from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
 from pcv.runtime.tokenizer import MASK
 
-from .loop import record_eval, run_steps, start
+from .loop import bf16_autocast, record_eval, run_steps, start
 from .modeling import ModelSize, _sinusoids, build_config, patch_init
 
 IGNORE = -100  # label of positions the loss skips
@@ -56,7 +56,7 @@ class PretrainConfig:
     checkpoint_every: int = 500
     seed: int = 0
     device: str = "auto"
-    bf16: bool = True  # autocast on CUDA
+    bf16: bool = True  # autocast on CUDA and on CPUs with bf16 instructions (loop.bf16_autocast)
     limit: int | None = None  # use only the first N texts (quick runs, tests)
 
 
@@ -172,7 +172,7 @@ def masked_accuracy(model, texts: list[str], cfg: PretrainConfig, device, batch_
     for s in range(0, len(texts), batch_size):
         enc = tok(texts[s : s + batch_size], max_length=cfg.max_length, truncation=True, padding="longest")
         x, y = span_mask(enc.input_ids, enc.attention_mask, rng, rate=cfg.mask_rate, mean_span=cfg.mean_span, max_span=cfg.max_span)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+        with bf16_autocast(device, cfg.bf16):
             logits = model(inputs=torch.from_numpy(x).to(device), attention_mask=torch.from_numpy(enc.attention_mask).to(device)).logits
         pred = logits.argmax(-1).cpu().numpy()
         sel = y != IGNORE
@@ -213,7 +213,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         rng = np.random.default_rng((cfg.seed, step))  # masks reproducible across resumes
         enc = tok([pool[i] for i in idx], max_length=cfg.max_length, truncation=True, padding="longest")
         x, y = span_mask(enc.input_ids, enc.attention_mask, rng, rate=cfg.mask_rate, mean_span=cfg.mean_span, max_span=cfg.max_span)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+        with bf16_autocast(device, cfg.bf16):
             logits = model(inputs=torch.from_numpy(x).to(device), attention_mask=torch.from_numpy(enc.attention_mask).to(device)).logits
         yt = torch.from_numpy(y).to(device)  # logits cover max_length positions; the batch may be shorter
         return torch.nn.functional.cross_entropy(logits.float()[:, : yt.shape[1]].reshape(-1, logits.shape[-1]), yt.reshape(-1),

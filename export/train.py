@@ -20,7 +20,7 @@ from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
 
 from .fastattn import use_fused_attention
-from .loop import record_eval, run_steps, start
+from .loop import bf16_autocast, record_eval, run_steps, start
 from .modeling import IMDB_LABELS, ModelSize, build_config, load_classifier, patch_init
 
 
@@ -52,7 +52,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     seed: int = 0
     device: str = "auto"
-    bf16: bool = True  # autocast on CUDA
+    bf16: bool = True  # autocast on CUDA and on CPUs with bf16 instructions (loop.bf16_autocast)
     limit: int | None = None  # use only the first N labelled records (quick runs, tests)
 
 
@@ -113,7 +113,7 @@ def evaluate(model, texts: list[str], labels: np.ndarray, *, max_length: int, de
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         enc = tok([texts[i] for i in idx], max_length=max_length, truncation=True, padding="longest")
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+        with bf16_autocast(device, bf16):
             logits = model(inputs=torch.from_numpy(enc.input_ids).to(device), attention_mask=torch.from_numpy(enc.attention_mask).to(device)).logits
         correct += int((logits.argmax(-1).cpu().numpy() == labels[idx]).sum())
     model.train()
@@ -200,7 +200,7 @@ def train(cfg: TrainConfig) -> dict:
         x = torch.from_numpy(enc.input_ids).to(device, non_blocking=True)
         m = torch.from_numpy(enc.attention_mask).to(device, non_blocking=True)
         y = torch.from_numpy(targets[idx]).to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+        with bf16_autocast(device, cfg.bf16):
             out = model(inputs=x, attention_mask=m, output_hidden_states=dense is not None)
         loss = -(y * torch.log_softmax(out.logits.float(), -1)).sum(-1).mean()
         if dense is not None:

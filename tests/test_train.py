@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from pcv.export.cli import train_main
+from pcv.export.loop import _cpu_has_bf16, bf16_autocast
 from pcv.export.modeling import load_classifier
 from pcv.export.train import split
 
@@ -38,14 +40,25 @@ def test_train_saves_best_model_metrics_and_resumes(tmp_path, labelled, capsys):
     assert json.loads((out / "metrics.json").read_text())["steps"] == 12
 
 
-def test_train_learns_a_trivial_task(tmp_path):
-    # A task any working training loop learns in a few steps: the label is the first byte.
+@pytest.mark.parametrize("precision", [[], ["--no-bf16"]], ids=["default", "fp32"])
+def test_train_learns_a_trivial_task(tmp_path, precision):
+    # A task any working training loop learns in a few steps: the label is the first byte. Both with
+    # the default (bf16 autocast where the CPU has bf16 instructions) and in plain fp32.
     p = tmp_path / "easy.jsonl"
     rows = [{"text": ("a" if i % 2 else "z") + " filler text" * 3, "label": i % 2} for i in range(160)]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "easy"
-    assert train_main([str(p), "--out", str(out), "--epochs", "4", *TINY]) == 0
-    assert json.loads((out / "metrics.json").read_text())["best_val_accuracy"] == 1.0
+    assert train_main([str(p), "--out", str(out), "--epochs", "4", *TINY, *precision]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["best_val_accuracy"] == 1.0 and metrics["config"]["bf16"] == (not precision)
+
+
+def test_bf16_autocast_follows_the_flag_and_the_cpu():
+    a = torch.ones(4, 4)
+    with bf16_autocast(torch.device("cpu"), False):
+        assert (a @ a).dtype == torch.float32
+    with bf16_autocast(torch.device("cpu"), True):
+        assert (a @ a).dtype == (torch.bfloat16 if _cpu_has_bf16() else torch.float32)
 
 
 def test_bad_labels_name_the_line(tmp_path, capsys):
