@@ -8,6 +8,7 @@ training texts come from cross-validation, so they are not over-confident memori
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -21,8 +22,12 @@ def teacher_probs(
     num_labels: int,
     folds: int = 5,
     seed: int = 0,
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """(cross-validated probs for train_texts (N, C), probs for other_texts (M, C))."""
+    probe_texts: Sequence[str] = (),
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """(cross-validated probs for train_texts (N, C), probs for other_texts (M, C), probs for
+    probe_texts (P, C)). Probe texts are only scored, never part of the vectoriser's fit, so they
+    leave the other outputs unchanged (pcv-train scores the validation texts cut to the student's
+    max_length: the ceiling a student of that length can reach by copying the teacher)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -35,9 +40,10 @@ def teacher_probs(
     for fit_idx, pred_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x_train, train_labels):
         cv[pred_idx] = make().fit(x_train[fit_idx], train_labels[fit_idx]).predict_proba(x_train[pred_idx])
     full = make().fit(x_train, train_labels)
-    other = full.predict_proba(x_other).astype(np.float32) if len(other_texts) else np.zeros((0, num_labels), np.float32)
-    return cv, other
-
+    empty = np.zeros((0, num_labels), np.float32)
+    other = full.predict_proba(x_other).astype(np.float32) if len(other_texts) else empty
+    probe = full.predict_proba(vec.transform(list(probe_texts))).astype(np.float32) if len(probe_texts) else empty
+    return cv, other, probe
 
 
 # Word tokens as sklearn's vectorizers find them: 2+ word characters.

@@ -1,0 +1,48 @@
+"""The n-gram teacher: probe texts are scored without changing the teacher, and pcv-train reports the
+teacher's accuracy on what a student of its max_length reads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pcv.export.cli import train_main
+from pcv.export.teacher import teacher_probs
+
+TINY = ["--num-latents", "8", "--d-latents", "32", "--d-model", "32", "--num-layers", "1", "--self-heads", "2",
+        "--cross-heads", "2", "--batch-size", "8", "--epochs", "0.2", "--warmup-steps", "1", "--eval-every", "100"]
+
+
+@pytest.fixture()
+def split_reviews(reviews):
+    by_label = [[r for r in reviews if r["label"] == k] for k in (0, 1)]  # the shared file is sorted by label
+    train = by_label[0][:20] + by_label[1][:20]
+    other = by_label[0][20:30] + by_label[1][20:30]
+    return [r["text"] for r in train], np.array([r["label"] for r in train]), [r["text"] for r in other]
+
+
+def test_probe_texts_are_scored_like_other_texts_and_change_nothing(split_reviews):
+    tr, y, other = split_reviews
+    cv, o, probe = teacher_probs(tr, y, other, num_labels=2)
+    cv2, o2, probe2 = teacher_probs(tr, y, other, num_labels=2, probe_texts=other[:5] + ["great film"])
+    assert probe.shape == (0, 2) and probe2.shape == (6, 2)
+    np.testing.assert_array_equal(cv, cv2)
+    np.testing.assert_array_equal(o, o2)
+    np.testing.assert_allclose(probe2[:5], o[:5], atol=1e-6)  # the same text gets the same probabilities
+
+
+def test_train_reports_the_teachers_accuracy_at_max_length(tmp_path, reviews):
+    p = tmp_path / "train.jsonl"
+    p.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in reviews))
+    longest = max(len(r["text"].encode("utf-8")) for r in reviews) + 2  # [CLS] + bytes + [SEP]
+    cut, full = {}, {}
+    for n in (longest, 64):
+        out = tmp_path / f"m{n}"
+        assert train_main([str(p), "--out", str(out), "--teacher", "ngram", "--max-length", str(n), *TINY]) == 0
+        m = json.loads((out / "metrics.json").read_text())
+        cut[n], full[n] = m["teacher_val_accuracy_at_max_length"], m["teacher_val_accuracy"]
+        assert 0.0 <= cut[n] <= 1.0
+    # nothing is cut when every review fits, so the figure is the teacher's own validation accuracy
+    assert cut[longest] == full[longest]
