@@ -24,13 +24,23 @@ def lr_factor(step: int, seconds: float, *, warmup: int, total: int, max_minutes
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
 
-def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """bfloat16 autocast on CUDA, and on CPUs with bf16 instructions (AVX512-BF16/AMX: ~15 % faster
-    steps for the bundled model's size on this project's CPU); a no-op elsewhere, where emulated
-    bf16 would be slower than fp32."""
+def uses_bf16(device: torch.device, requested: bool) -> bool:
+    """bf16 autocast runs on CUDA, and on CPUs with bf16 instructions (AVX512-BF16/AMX: ~15 % faster
+    steps for the bundled model's size on this project's CPU); elsewhere emulated bf16 would be
+    slower than fp32, so the trainers say so and train in fp32."""
     if device.type == "cpu":
-        enabled = enabled and _cpu_has_bf16()
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type in ("cpu", "cuda"))
+        return requested and _cpu_has_bf16()
+    return requested and device.type == "cuda"
+
+
+def bf16_autocast(device: torch.device, requested: bool) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, requested))
+
+
+def say_precision(device: torch.device, requested: bool) -> None:
+    if requested and not uses_bf16(device, requested):
+        print(f"bf16 autocast is not available on this {device.type}: training in fp32 (--no-bf16 asks for fp32 directly)",
+              flush=True)
 
 
 def _cpu_has_bf16() -> bool:

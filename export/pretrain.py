@@ -27,7 +27,7 @@ from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
 from pcv.runtime.tokenizer import MASK
 
-from .loop import bf16_autocast, record_eval, run_steps, start
+from .loop import bf16_autocast, record_eval, run_steps, say_precision, start
 from .modeling import ModelSize, _sinusoids, build_config, patch_init
 
 IGNORE = -100  # label of positions the loss skips
@@ -191,6 +191,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     device = _device(cfg.device)
+    say_precision(device, cfg.bf16)
     texts = load_texts(cfg.data, cfg)
     order0 = np.random.default_rng(cfg.seed).permutation(len(texts))
     n_val = min(cfg.val_texts, max(1, len(texts) // 10))

@@ -20,7 +20,7 @@ from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
 
 from .fastattn import use_fused_attention
-from .loop import bf16_autocast, record_eval, run_steps, start
+from .loop import bf16_autocast, record_eval, run_steps, say_precision, start
 from .modeling import IMDB_LABELS, ModelSize, build_config, load_classifier, patch_init
 
 
@@ -132,6 +132,7 @@ def train(cfg: TrainConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     device = _device(cfg.device)
+    say_precision(device, cfg.bf16)
     id2label = dict(enumerate(cfg.labels)) if cfg.labels else IMDB_LABELS
 
     texts, labels = load_labelled(cfg.data, cfg)

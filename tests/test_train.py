@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pcv.export.cli import train_main
-from pcv.export.loop import _cpu_has_bf16, bf16_autocast
+from pcv.export import loop
+from pcv.export.loop import _cpu_has_bf16, bf16_autocast, say_precision
 from pcv.export.modeling import load_classifier
 from pcv.export.train import split
 
@@ -53,12 +54,20 @@ def test_train_learns_a_trivial_task(tmp_path, precision):
     assert metrics["best_val_accuracy"] == 1.0 and metrics["config"]["bf16"] == (not precision)
 
 
-def test_bf16_autocast_follows_the_flag_and_the_cpu():
-    a = torch.ones(4, 4)
-    with bf16_autocast(torch.device("cpu"), False):
+def test_bf16_autocast_follows_the_flag_and_the_cpu(monkeypatch, capsys):
+    a, cpu = torch.ones(4, 4), torch.device("cpu")
+    with bf16_autocast(cpu, False):
         assert (a @ a).dtype == torch.float32
-    with bf16_autocast(torch.device("cpu"), True):
+    with bf16_autocast(cpu, True):
         assert (a @ a).dtype == (torch.bfloat16 if _cpu_has_bf16() else torch.float32)
+    # a CPU without bf16 instructions trains in fp32 and says so (no silent change of precision)
+    monkeypatch.setattr(loop, "_cpu_has_bf16", lambda: False)
+    with bf16_autocast(cpu, True):
+        assert (a @ a).dtype == torch.float32
+    say_precision(cpu, True)
+    assert "training in fp32" in capsys.readouterr().out
+    say_precision(cpu, False)
+    assert capsys.readouterr().out == ""
 
 
 def test_bad_labels_name_the_line(tmp_path, capsys):
