@@ -149,8 +149,9 @@ def test_cross_attention_fusion_is_exact_with_padding(tmp_path, review_texts, qk
 
 
 def test_calibration_stays_within_the_models_positions(src, review_texts, tmp_path):
-    # VariantConfig's max_length defaults to 2048; a model with fewer positions must not be fed
-    # longer calibration batches (ORT: "indices element out of data bounds").
+    # Review texts longer than the model's positions must not reach ORT as longer calibration
+    # batches (ORT: "indices element out of data bounds"); VariantConfig's max_length defaults to
+    # the source's pcv.max_length (it once defaulted to 2,048).
     _, path = src  # 512 positions
     assert max(len(t.encode()) for t in review_texts[:16]) > 512
     out = tmp_path / "m.int8-static.onnx"
