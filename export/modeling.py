@@ -152,6 +152,42 @@ def weights_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+POSITION_PERIOD = "pcv_position_period"  # config.json field set by extend_positions
+
+
+def position_period(config) -> int:
+    """Positions after which the learned position embeddings repeat (extend_positions); without
+    an extension, all of them."""
+    return int(getattr(config, POSITION_PERIOD, None) or config.max_position_embeddings)
+
+
+@torch.no_grad()
+def extend_positions(model: PerceiverForSequenceClassification, length: int) -> None:
+    """Give a trained classifier `length` input positions by repeating its learned position
+    embeddings: byte p + k * P starts with the embedding of byte p (P = the old positions).
+
+    A patch-initialised latent that reads bytes [i*W, (i+1)*W) then reads the same window of each
+    P-byte block, with the byte-level features it has learned, and the self-attention cost stays
+    the same. Texts that fit in P positions give exactly the old logits (the new positions are
+    padding, masked out). Interpolating instead would put two bytes on one position and blur
+    what the cross-attention heads have learned to read. The period is kept in the config
+    (`pcv_position_period`), so dense distillation places words under the right latent.
+    """
+    cfg = model.config
+    old = cfg.max_position_embeddings
+    if length <= old:
+        raise ValueError(f"the model already has {old} positions; extend_positions only grows them (asked for {length})")
+    period = position_period(cfg)
+    emb = model.perceiver.input_preprocessor.position_embeddings
+    reps = -(-length // period)
+    table = emb.weight[:period].repeat(reps, 1)[:length]
+    new = torch.nn.Embedding(length, table.shape[1], device=table.device, dtype=table.dtype)
+    new.weight.copy_(table)
+    model.perceiver.input_preprocessor.position_embeddings = new
+    cfg.max_position_embeddings = length
+    setattr(cfg, POSITION_PERIOD, period)
+
+
 def _sinusoids(positions: torch.Tensor, num_freqs: int, min_period: float, max_period: float) -> torch.Tensor:
     # (P,) -> (P, 2 * num_freqs): [cos(w p), sin(w p)] at geometric frequencies
     periods = torch.logspace(math.log10(min_period), math.log10(max_period), num_freqs)

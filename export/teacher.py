@@ -71,7 +71,8 @@ class DenseTargets:
     (W = positions / num_latents, the model's position embeddings per latent; position 0 is
     [CLS]). Its target is the summed lexicon weight of the words that start in that window, so
     every latent gets a signal, not only the pooled output. Inputs are cut at max_length tokens
-    (positions defaults to it). `__call__` gives (targets (B, N), mask (B, N) of latents over real bytes).
+    (positions defaults to it); with max_length > positions the windows repeat every `positions`
+    tokens, as the position embeddings of an extended model do (modeling.extend_positions). `__call__` gives (targets (B, N), mask (B, N) of latents over real bytes).
     """
 
     def __init__(self, weights: dict[str, float], *, num_latents: int, max_length: int, positions: int | None = None) -> None:
@@ -97,12 +98,12 @@ class DenseTargets:
             offsets = None if ascii_ else np.concatenate([[0], np.cumsum([len(ch.encode("utf-8", "surrogatepass")) for ch in text])])
             n_bytes = len(text) if ascii_ else int(offsets[-1])
             used = min(n_bytes + 2, self.max_length)  # [CLS] + bytes + [SEP], truncated
-            mask[row, : -(-used // self.window)] = 1.0
+            mask[row, : -(-used // self.window)] = 1.0  # past n when the windows repeat: all of them
             for m in _WORD.finditer(text):
                 pos = 1 + (m.start() if ascii_ else int(offsets[m.start()]))
                 if pos >= used:
                     break
                 w = self.weights.get(m.group().lower())
                 if w is not None:
-                    targets[row, pos // self.window] += w
+                    targets[row, (pos % self.positions) // self.window] += w
         return targets, mask

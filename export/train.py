@@ -21,7 +21,7 @@ from pcv.runtime.errors import InputError
 
 from .fastattn import use_fused_attention
 from .loop import bf16_autocast, record_eval, run_steps, say_precision, start
-from .modeling import IMDB_LABELS, ModelSize, build_config, load_classifier, patch_init
+from .modeling import IMDB_LABELS, ModelSize, build_config, extend_positions, load_classifier, patch_init, position_period
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,6 +171,10 @@ def train(cfg: TrainConfig) -> dict:
         model = load_classifier(cfg.init_from).float()  # train in fp32 whatever the file holds
         if model.config.num_labels != num_labels:
             raise InputError(f"{cfg.init_from}: has {model.config.num_labels} labels, the data has {num_labels}")
+        if cfg.max_length > (old := model.config.max_position_embeddings):
+            extend_positions(model, cfg.max_length)
+            print(f"{cfg.init_from}: {old} positions extended to {cfg.max_length} (learned position embeddings repeated "
+                  f"every {position_period(model.config)}; texts that fit the old length give the same logits)", flush=True)
     else:
         model = PerceiverForSequenceClassification(build_config(cfg.size, id2label))
         if cfg.init == "patch":
@@ -189,7 +193,7 @@ def train(cfg: TrainConfig) -> dict:
 
         mc = model.config
         dense = DenseTargets(word_weights(tr_texts, tr_labels), num_latents=mc.num_latents, max_length=cfg.max_length,
-                             positions=mc.max_position_embeddings).normalised(tr_texts[:2000])
+                             positions=position_period(mc)).normalised(tr_texts[:2000])
         head = torch.nn.Linear(mc.d_latents, 1).to(device)  # training only: reads a word score off each latent
         trained = torch.nn.ModuleDict({"model": model, "dense_head": head})
 
