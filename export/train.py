@@ -18,6 +18,7 @@ from transformers import PerceiverForSequenceClassification
 
 from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
+from pcv.runtime.tokenizer import text_as_read
 
 from .fastattn import use_fused_attention
 from .loop import bf16_autocast, record_eval, run_steps, say_precision, start
@@ -120,11 +121,6 @@ def evaluate(model, texts: list[str], labels: np.ndarray, *, max_length: int, de
     return correct / len(texts)
 
 
-def _first_bytes(text: str, n: int) -> str:
-    """The text as a byte-level model with n content positions reads it (a cut character dropped)."""
-    return text.encode("utf-8")[:n].decode("utf-8", errors="ignore")
-
-
 def train(cfg: TrainConfig) -> dict:
     """Train and save the best model to cfg.out; returns the metrics written to metrics.json."""
     out = Path(cfg.out)
@@ -152,7 +148,7 @@ def train(cfg: TrainConfig) -> dict:
 
         unl = load_unlabelled(cfg.unlabelled, cfg) if cfg.unlabelled else []
         t0 = time.time()
-        seen = [_first_bytes(t, cfg.max_length - 2) for t in va_texts]  # what the student reads ([CLS] ... [SEP])
+        seen = [text_as_read(t, cfg.max_length) for t in va_texts]  # what the student reads
         cv, other, probe = teacher_probs(tr_texts, tr_labels, va_texts + unl, num_labels=num_labels, seed=cfg.seed,
                                          probe_texts=seen)
         teacher_val_acc = float((other[: len(va_texts)].argmax(1) == va_labels).mean())

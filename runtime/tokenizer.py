@@ -63,6 +63,31 @@ def _kept_length(n: int, max_length: int | None) -> int:
     return n if remove >= n else n - remove
 
 
+def text_as_read(text: str, max_length: int | None) -> str:
+    """The part of `text` that a model with `max_length` positions reads after truncation ([CLS]
+    and [SEP] take two); a character cut in half at the end is dropped, and literal special
+    tokens ("[SEP]", ...) count as the one id they become.
+
+    >>> text_as_read("naïve film", 6)
+    'naï'
+    """
+    if "[" not in text:
+        data = text.encode("utf-8")
+        return data[: _kept_length(len(data), max_length)].decode("utf-8", errors="ignore")
+    ids = _text_ids(text)
+    ids = ids[: _kept_length(len(ids), max_length)]
+    names = {v: k for k, v in _SPECIALS.items()}
+    pieces: list[str] = []
+    content = bytearray()
+    for i in ids.tolist():
+        if i >= BYTE_OFFSET:
+            content.append(i - BYTE_OFFSET)
+            continue
+        pieces += [content.decode("utf-8", errors="ignore"), names[i]]
+        content = bytearray()
+    return "".join(pieces) + content.decode("utf-8", errors="ignore")
+
+
 class PerceiverByteTokenizer:
     """Numpy drop-in for transformers' PerceiverTokenizer (no torch, no Python loop over bytes).
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pcv.runtime import PerceiverByteTokenizer
-from pcv.runtime.tokenizer import reference_encode
+from pcv.runtime.tokenizer import reference_encode, text_as_read
 
 transformers = pytest.importorskip("transformers")
 
@@ -85,3 +85,17 @@ def test_property_fast_path_equals_reference(texts, max_length):
         want = reference_encode(text, max_length=max_length)
         assert row[: len(want)].tolist() == want
         assert mask.sum() == len(want) and not row[len(want):].any()
+
+
+@pytest.mark.parametrize("max_length", [2, 3, 8, 64, 2048])
+@pytest.mark.parametrize("text", HAND, ids=[repr(t[:12]) for t in HAND])
+def test_text_as_read_is_what_the_model_reads(tok, text, max_length):
+    # Re-encoding the text the model reads gives the truncated ids, less at most the 3 bytes of a
+    # character cut in half at the end.
+    read = text_as_read(text, max_length)
+    assert text.startswith(read)
+    ids = tok(text, max_length=max_length, truncation=True)["input_ids"][1:-1].tolist()
+    again = tok(read)["input_ids"][1:-1].tolist()
+    assert ids[: len(again)] == again and len(ids) - len(again) <= 3
+    if len(ids) == len(reference_encode(text)) - 2:
+        assert read == text  # nothing cut
