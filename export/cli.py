@@ -43,11 +43,13 @@ def _add_run_flags(p: argparse.ArgumentParser, *, lr: float, warmup: int, epochs
     p.add_argument("--device", default="auto")
     p.add_argument("--no-bf16", dest="bf16", action="store_false",
                    help="train in fp32 (default: bf16 autocast on CUDA and on CPUs with bf16 instructions)")
+    p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
+                   help="batches of any lengths (default: batches of similar lengths, less padding)")
     p.add_argument("--limit", type=int, help=limit_help)
 
 
 _RUN_FIELDS = ("max_length", "batch_size", "lr", "warmup_steps", "epochs", "max_minutes", "eval_every",
-               "checkpoint_every", "seed", "device", "bf16", "limit")
+               "checkpoint_every", "seed", "device", "bf16", "group_by_length", "limit")
 
 
 def _run_args(a: argparse.Namespace) -> dict:

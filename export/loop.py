@@ -50,6 +50,26 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
+def token_lengths(texts: list[str], max_length: int) -> np.ndarray:
+    """Tokens each text takes after truncation ([CLS] + UTF-8 bytes + [SEP]): the padding cost."""
+    return np.fromiter((min(len(t.encode("utf-8", "surrogatepass")) + 2, max_length) for t in texts), np.int64, len(texts))
+
+
+def group_by_length(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator, *,
+                    megabatch: int = 50) -> np.ndarray:
+    """Reorder a shuffled `order` so each batch (consecutive `batch_size` slice) holds texts of
+    similar length: chunks of `megabatch` batches are sorted by length, cut into batches, and the
+    full batches shuffled. Padding to the batch's longest text then costs little (transformers'
+    group_by_length does the same); the batches stay random draws of the data.
+    """
+    chunk = batch_size * megabatch
+    parts = [c[np.argsort(-lengths[c], kind="stable")] for c in np.split(order, range(chunk, len(order), chunk))]
+    grouped = np.concatenate(parts) if parts else order
+    n_full = len(grouped) // batch_size
+    batches = grouped[: n_full * batch_size].reshape(n_full, batch_size)[rng.permutation(n_full)]
+    return np.concatenate([batches.reshape(-1), grouped[n_full * batch_size :]])  # a short last batch stays last
+
+
 class Checkpoint:
     """checkpoint/state.pt (tensors only, loaded with weights_only=True) + state.json (progress)."""
 
@@ -103,9 +123,10 @@ def record_eval(state: dict, entry: dict, acc: float, model, out: Path) -> None:
 def run_steps(*, model: torch.nn.Module, opt: torch.optim.Optimizer, ckpt: Checkpoint, state: dict,
               loss_of: Callable[[np.ndarray, int], torch.Tensor], run_eval: Callable[[], None], lr: Callable[[int, float], float],
               pool_size: int, batch_size: int, total_steps: int, order_seed: int, eval_every: int,
-              checkpoint_every: int, max_minutes: float | None, desc: str) -> None:
+              checkpoint_every: int, max_minutes: float | None, desc: str, lengths: np.ndarray | None = None) -> None:
     """The step loop both trainers run: epochs of a seeded permutation (so a resumed run picks up
-    the same batches), AdamW step with clipping, evaluation, checkpoints and a wall-clock budget.
+    the same batches; with `lengths`, grouped by length), AdamW step with clipping, evaluation,
+    checkpoints and a wall-clock budget.
     `loss_of(batch indices, step)` returns the batch's loss; state["step"/"train_seconds"] advance."""
     steps_per_epoch = math.ceil(pool_size / batch_size)
     bar = tqdm(total=total_steps, initial=state["step"], desc=desc, unit="step", dynamic_ncols=True, mininterval=5)
@@ -113,7 +134,10 @@ def run_steps(*, model: torch.nn.Module, opt: torch.optim.Optimizer, ckpt: Check
     stop = False
     while state["step"] < total_steps and not stop:
         epoch = state["step"] // steps_per_epoch
-        order = np.random.default_rng(order_seed + epoch).permutation(pool_size)
+        rng = np.random.default_rng(order_seed + epoch)
+        order = rng.permutation(pool_size)
+        if lengths is not None:
+            order = group_by_length(order, lengths, batch_size, rng)
         for b in range(state["step"] % steps_per_epoch, steps_per_epoch):
             loss = loss_of(order[b * batch_size : (b + 1) * batch_size], state["step"])
             for group in opt.param_groups:

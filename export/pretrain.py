@@ -27,7 +27,7 @@ from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
 from pcv.runtime.tokenizer import MASK
 
-from .loop import bf16_autocast, record_eval, run_steps, say_precision, start
+from .loop import bf16_autocast, record_eval, run_steps, say_precision, start, token_lengths
 from .modeling import ModelSize, _sinusoids, build_config, patch_init
 
 IGNORE = -100  # label of positions the loss skips
@@ -57,6 +57,7 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     bf16: bool = True  # autocast on CUDA and on CPUs with bf16 instructions (loop.bf16_autocast)
+    group_by_length: bool = True  # batches of similar lengths (loop.group_by_length): less padding
     limit: int | None = None  # use only the first N texts (quick runs, tests)
 
 
@@ -222,7 +223,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
     run_steps(model=model, opt=opt, ckpt=ckpt, state=state, loss_of=loss_of, run_eval=run_eval, lr=lr,
               pool_size=len(pool), batch_size=cfg.batch_size, total_steps=total_steps, order_seed=cfg.seed + 1,
-              eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, max_minutes=cfg.max_minutes, desc="pretrain")
+              eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, max_minutes=cfg.max_minutes,
+              lengths=token_lengths(pool, cfg.max_length) if cfg.group_by_length else None, desc="pretrain")
     metrics = {
         "best_masked_byte_accuracy": state["best_acc"], "steps": state["step"], "total_steps": total_steps,
         "examples_seen": state["step"] * cfg.batch_size, "train_seconds": round(state["train_seconds"], 1),

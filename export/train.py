@@ -21,7 +21,7 @@ from pcv.runtime.errors import InputError
 from pcv.runtime.tokenizer import text_as_read
 
 from .fastattn import use_fused_attention
-from .loop import bf16_autocast, record_eval, run_steps, say_precision, start
+from .loop import bf16_autocast, record_eval, run_steps, say_precision, start, token_lengths
 from .modeling import IMDB_LABELS, ModelSize, build_config, extend_positions, load_classifier, patch_init, position_period
 
 
@@ -54,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     bf16: bool = True  # autocast on CUDA and on CPUs with bf16 instructions (loop.bf16_autocast)
+    group_by_length: bool = True  # batches of similar lengths (loop.group_by_length): less padding
     limit: int | None = None  # use only the first N labelled records (quick runs, tests)
 
 
@@ -222,7 +223,8 @@ def train(cfg: TrainConfig) -> dict:
 
     run_steps(model=trained, opt=opt, ckpt=ckpt, state=state, loss_of=loss_of, run_eval=run_eval, lr=lr,
               pool_size=len(pool), batch_size=cfg.batch_size, total_steps=total_steps, order_seed=cfg.seed,
-              eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, max_minutes=cfg.max_minutes, desc="train")
+              eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, max_minutes=cfg.max_minutes,
+              lengths=token_lengths(pool, cfg.max_length) if cfg.group_by_length else None, desc="train")
     metrics = {
         "best_val_accuracy": state["best_acc"],
         "steps": state["step"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,23 @@ def test_val_limit_samples_both_labels_of_a_sorted_file(tmp_path):
     assert train_main([str(p), "--out", str(out), "--epochs", "0.1", "--val-fraction", "0.5", "--val-limit", "40", *TINY]) == 0
     neg, pos = json.loads((out / "metrics.json").read_text())["val_label_counts"]
     assert neg + pos == 40 and 10 < pos < 30
+
+
+def test_group_by_length_is_a_permutation_with_little_padding():
+    from pcv.export.loop import group_by_length, token_lengths
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 2048, size=1000)
+    order = rng.permutation(1000)
+    grouped = group_by_length(order, lengths, 32, np.random.default_rng(1), megabatch=8)
+    assert sorted(grouped.tolist()) == list(range(1000))  # every text once
+    last = order[768:]  # the last chunk of 8 batches; its 8 shortest texts make the short batch at the end
+    assert sorted(grouped[992:].tolist()) == sorted(last[np.argsort(lengths[last])[:8]].tolist())
+
+    def padded(o):  # tokens a step computes: each batch pads to its longest text
+        return sum(lengths[o[s : s + 32]].max() * len(o[s : s + 32]) for s in range(0, len(o), 32))
+
+    assert padded(grouped) < 0.7 * padded(order)
+    again = group_by_length(order, lengths, 32, np.random.default_rng(1), megabatch=8)
+    np.testing.assert_array_equal(grouped, again)  # seeded: a resumed run sees the same batches
+    assert token_lengths(["ab", "é", "x" * 100], 50).tolist() == [4, 4, 50]

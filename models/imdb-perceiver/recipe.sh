@@ -14,10 +14,10 @@ COMMON=(--teacher ngram --unlabelled "$DATA/unsup.jsonl.gz" --dense-weight 1.0 -
 if [[ ! -f $OUT/stage1/metrics.json ]]; then
   pcv-train "$DATA/train.jsonl.gz" --out "$OUT/stage1" "${COMMON[@]}" --max-length 1024 --num-latents 128 \
     --d-latents 128 --d-model 128 --num-layers 4 --self-heads 4 --cross-heads 8 --cross-widening 4 --self-widening 2 \
-    --lr 1e-3 --max-minutes 215
+    --lr 1e-3 --max-minutes 215 --no-group-by-length  # stage 1 ran before batches were grouped by length
 fi
 if [[ ! -f $OUT/stage2/metrics.json ]]; then
   pcv-train "$DATA/train.jsonl.gz" --out "$OUT/stage2" --init-from "$OUT/stage1" "${COMMON[@]}" --max-length 2048 \
-    --lr 3e-4 --checkpoint-every 300 --max-minutes 140
+    --lr 3e-4 --checkpoint-every 300 --max-minutes 145
 fi
 pcv-export "$OUT/stage2" "$OUT/stage2/model.onnx" --verify-data "$DATA/train.jsonl.gz"
