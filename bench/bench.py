@@ -282,8 +282,8 @@ def run_bench(cfg: BenchConfig) -> dict:
                 result["skipped"].append({"model": str(path), "provider": prov, "reason": f"not available (ORT has {have})"})
                 continue
             clf = OnnxClassifier(path, SessionConfig(provider=prov, threads=cfg.threads))
-            max_length = clf.info.max_length
-            lengths = [min(len(t.encode()) + 2, max_length) for t in texts]
+            max_length = max_length or clf.info.max_length  # --model's: the baselines run it, not a variant's
+            lengths = [min(len(t.encode()) + 2, clf.info.max_length) for t in texts]
             run = {"model": str(path), "variant": clf.info.variant, "provider": prov, "size_mib": path.stat().st_size / 2**20,
                    "grid": grid(clf, cfg, flops_at), "latency": latency(clf, int(np.median(lengths)), cfg.latency_runs),
                    "end_to_end": _pcv_batch_end_to_end(path, prov, texts, cfg)}
