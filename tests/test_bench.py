@@ -55,3 +55,24 @@ def test_memory_mode_runs_pcv_batch_and_reports_rss(tmp_path, tiny_dir):
     assert run["records_per_s"] > 0 and run["records_per_s_by_tenth"]
     assert json.loads((tmp_path / "memory.json").read_text())["runs"] == result["runs"]
     assert (tmp_path / "memory.md").read_text().count("\n") == 4
+
+
+def test_baselines_run_at_the_models_length_not_a_shorter_variants(tmp_path, tiny_dir, reviews):
+    # --variants may be another model with fewer positions (comparing two bundled models): the
+    # baselines and the per-example figures are --model's, at its max_length (256), not 64.
+    from conftest import tiny_model
+    from pcv.export.onnx_export import ExportConfig, export_onnx
+
+    short = tmp_path / "short.onnx"
+    export_onnx(tiny_model(max_length=64, seed=1), short, ExportConfig(verify=False))
+    texts = [r["text"] for r in reviews[:12]]
+    data = tmp_path / "r.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "bench"
+    assert main(["--quick", "--model", str(tiny_dir / "model.onnx"), "--variants", str(short), "--data", str(data),
+                 "--out", str(out), "--providers", "cpu"]) == 0
+    res = json.loads((out / "bench.json").read_text())
+    cfg = json.loads((tiny_dir / "config.json").read_text())
+    want = sum(perceiver_flops(cfg, min(len(t.encode()) + 2, 256)) for t in texts) / len(texts)
+    assert abs(res["flops_per_example_mean"] - want) < 1e-6 * want
+    assert res["runs"][0]["end_to_end"]["label_agreement_vs_reference"] == 1.0
