@@ -16,7 +16,7 @@ from pcv.runtime.batching import BatchPlan, plan_batches
 from pcv.runtime.pipeline import PipelineConfig, classify_records
 from pcv.runtime.readers import ReaderConfig, Record, read_records
 from pcv.runtime.session import PROVIDERS, OnnxClassifier, SessionConfig, available_providers, plan_engine, resolve_model, softmax
-from pcv.runtime.tokenizer import PerceiverByteTokenizer
+from pcv.runtime.tokenizer import PerceiverByteTokenizer, token_lengths
 
 from .flops import perceiver_flops
 
@@ -107,7 +107,7 @@ def end_to_end(clf: OnnxClassifier, texts: list[str], batch_size: int, concurren
     # stages, sequentially
     tok = PerceiverByteTokenizer(model_max_length=clf.info.max_length)
     t = time.perf_counter()
-    lengths = np.array([min(len(x.encode()) + 2, clf.info.max_length) for x in texts])
+    lengths = token_lengths(texts, clf.info.max_length)
     batches = plan_batches(lengths, cfg.plan)
     t_plan = time.perf_counter() - t
     t = time.perf_counter()
@@ -283,7 +283,7 @@ def run_bench(cfg: BenchConfig) -> dict:
                 continue
             clf = OnnxClassifier(path, SessionConfig(provider=prov, threads=cfg.threads))
             max_length = max_length or clf.info.max_length  # --model's: the baselines run it, not a variant's
-            lengths = [min(len(t.encode()) + 2, clf.info.max_length) for t in texts]
+            lengths = token_lengths(texts, clf.info.max_length)
             run = {"model": str(path), "variant": clf.info.variant, "provider": prov, "size_mib": path.stat().st_size / 2**20,
                    "grid": grid(clf, cfg, flops_at), "latency": latency(clf, int(np.median(lengths)), cfg.latency_runs),
                    "end_to_end": _pcv_batch_end_to_end(path, prov, texts, cfg)}
@@ -292,7 +292,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     if cfg.engine and result["runs"]:
         result["engine"] = engine_sweep(fp32, texts, cfg.batch_sizes, result["runs"][0]["provider"], cfg.engine_repeats)
     max_length = max_length or 2048
-    result["flops_per_example_mean"] = float(np.mean([flops_at(min(len(t.encode()) + 2, max_length)) for t in texts]))
+    result["flops_per_example_mean"] = float(np.mean([flops_at(int(n)) for n in token_lengths(texts, max_length)]))
     result["tokenizer"] = _tokenizer_speed(texts, max_length)
     if cfg.baselines and hf_dir:
         try:

@@ -50,11 +50,6 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
-def token_lengths(texts: list[str], max_length: int) -> np.ndarray:
-    """Tokens each text takes after truncation ([CLS] + UTF-8 bytes + [SEP]): the padding cost."""
-    return np.fromiter((min(len(t.encode("utf-8", "surrogatepass")) + 2, max_length) for t in texts), np.int64, len(texts))
-
-
 def group_by_length(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator, *,
                     megabatch: int = 50) -> np.ndarray:
     """Reorder a shuffled `order` so each batch (consecutive `batch_size` slice) holds texts of

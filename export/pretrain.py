@@ -25,9 +25,9 @@ from transformers import PerceiverForMaskedLM
 
 from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
-from pcv.runtime.tokenizer import MASK
+from pcv.runtime.tokenizer import MASK, token_lengths
 
-from .loop import bf16_autocast, record_eval, run_steps, say_precision, start, token_lengths
+from .loop import bf16_autocast, record_eval, run_steps, say_precision, start
 from .modeling import ModelSize, _sinusoids, build_config, patch_init
 
 IGNORE = -100  # label of positions the loss skips

@@ -72,7 +72,8 @@ class DenseTargets:
     [CLS]). Its target is the summed lexicon weight of the words that start in that window, so
     every latent gets a signal, not only the pooled output. Inputs are cut at max_length tokens
     (positions defaults to it); with max_length > positions the windows repeat every `positions`
-    tokens, as the position embeddings of an extended model do (modeling.extend_positions). `__call__` gives (targets (B, N), mask (B, N) of latents over real bytes).
+    tokens, as the position embeddings of an extended model do (modeling.extend_positions).
+    `__call__` gives (targets (B, N), mask (B, N) of latents over real bytes).
     """
 
     def __init__(self, weights: dict[str, float], *, num_latents: int, max_length: int, positions: int | None = None) -> None:

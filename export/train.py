@@ -18,10 +18,10 @@ from transformers import PerceiverForSequenceClassification
 
 from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
-from pcv.runtime.tokenizer import text_as_read
+from pcv.runtime.tokenizer import text_as_read, token_lengths
 
 from .fastattn import use_fused_attention
-from .loop import bf16_autocast, record_eval, run_steps, say_precision, start, token_lengths
+from .loop import bf16_autocast, record_eval, run_steps, say_precision, start
 from .modeling import IMDB_LABELS, ModelSize, build_config, extend_positions, load_classifier, patch_init, position_period
 
 

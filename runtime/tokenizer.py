@@ -63,6 +63,12 @@ def _kept_length(n: int, max_length: int | None) -> int:
     return n if remove >= n else n - remove
 
 
+def token_lengths(texts: list[str], max_length: int) -> npt.NDArray[np.int64]:
+    """Tokens each text takes after truncation ([CLS] + UTF-8 bytes + [SEP], at most max_length):
+    what a batch of it pads to, for planning batches."""
+    return np.minimum(np.fromiter((len(t.encode("utf-8")) for t in texts), np.int64, len(texts)) + 2, max_length)
+
+
 def text_as_read(text: str, max_length: int | None) -> str:
     """The part of `text` that a model with `max_length` positions reads after truncation ([CLS]
     and [SEP] take two); a character cut in half at the end is dropped, and literal special

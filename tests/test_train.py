@@ -112,7 +112,8 @@ def test_val_limit_samples_both_labels_of_a_sorted_file(tmp_path):
 
 
 def test_group_by_length_is_a_permutation_with_little_padding():
-    from pcv.export.loop import group_by_length, token_lengths
+    from pcv.export.loop import group_by_length
+    from pcv.runtime.tokenizer import token_lengths
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(10, 2048, size=1000)
