@@ -79,6 +79,9 @@ def train_main(argv: list[str] | None = None) -> int:
                    help="dense distillation: weight of a per-latent word-lexicon loss (0 = off)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--val-limit", type=int)
+    p.add_argument("--average-last", type=int, default=0, metavar="N",
+                   help="keep the weights of the last N checkpoints; at the end, their mean is scored and saved "
+                        "as the model if it beats the best single step (default 0: off)")
     _add_run_flags(p, lr=5e-5, warmup=200, epochs=3.0, eval_every=500, limit_help="use only the first N labelled records")
     a = p.parse_args(argv)
     from .train import TrainConfig, train
@@ -87,7 +90,7 @@ def train_main(argv: list[str] | None = None) -> int:
         data=tuple(a.data), out=a.out, init_from=a.init_from, init=a.init,
         size=_size(a), text_field=a.text_field, label_field=a.label_field, labels=tuple(a.labels.split(",")),
         unlabelled=tuple(a.unlabelled), teacher=a.teacher, distill_weight=a.distill_weight, dense_weight=a.dense_weight,
-        val_fraction=a.val_fraction, val_limit=a.val_limit, **_run_args(a),
+        val_fraction=a.val_fraction, val_limit=a.val_limit, average_last=a.average_last, **_run_args(a),
     )
     try:
         m = train(cfg)

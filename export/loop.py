@@ -66,10 +66,14 @@ def group_by_length(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng
 
 
 class Checkpoint:
-    """checkpoint/state.pt (tensors only, loaded with weights_only=True) + state.json (progress)."""
+    """checkpoint/state.pt (tensors only, loaded with weights_only=True) + state.json (progress).
+    With `keep` > 0, the weights of `kept` at the last `keep` saves are also kept, as
+    recent/step-N.safetensors, for averaging at the end of a run (average_weights)."""
 
-    def __init__(self, folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    def __init__(self, folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, *, keep: int = 0,
+                 kept: torch.nn.Module | None = None) -> None:
         self.folder, self.model, self.opt = folder, model, opt
+        self.keep, self.kept = keep, kept if kept is not None else model
 
     def load(self, device: torch.device) -> dict | None:
         """Restore model and optimizer; returns the saved progress, or None for a fresh start."""
@@ -88,16 +92,44 @@ class Checkpoint:
         torch.save({"model": self.model.state_dict(), "optim": self.opt.state_dict()}, tmp)
         tmp.replace(self.folder / "state.pt")  # a kill mid-save leaves the previous checkpoint whole
         (self.folder / "state.json").write_text(json.dumps(state))
+        if self.keep > 0:
+            from safetensors.torch import save_file
+
+            recent = self.folder / "recent"
+            recent.mkdir(exist_ok=True)
+            weights = {k: v.detach().cpu().contiguous() for k, v in self.kept.state_dict().items()}
+            save_file(weights, recent / "step.tmp")
+            (recent / "step.tmp").replace(recent / f"step-{state['step']:08d}.safetensors")
+            for old in self.recent()[: -self.keep]:
+                old.unlink()
+
+    def recent(self) -> list[Path]:
+        """The kept weights, oldest first."""
+        return sorted((self.folder / "recent").glob("step-*.safetensors"))
+
+
+def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the weights in these safetensors files (checkpoint averaging:
+    the mean of the last checkpoints of a run often generalises better than any one of them)."""
+    from safetensors.torch import load_file
+
+    total: dict[str, torch.Tensor] = {}
+    for path in paths:
+        for k, v in load_file(path).items():
+            total[k] = total[k] + v.double() if k in total else v.double()
+    dtypes = {k: v.dtype for k, v in load_file(paths[0]).items()}
+    return {k: (v / len(paths)).to(dtypes[k]) for k, v in total.items()}
 
 
 def start(model: torch.nn.Module, *, pool_size: int, batch_size: int, epochs: float, lr: float, weight_decay: float,
-          warmup: int, max_minutes: float | None, ckpt_dir: Path, device: torch.device):
+          warmup: int, max_minutes: float | None, ckpt_dir: Path, device: torch.device, keep: int = 0,
+          kept: torch.nn.Module | None = None):
     """AdamW, the step budget, the checkpoint (resumed if there is one) and the learning-rate
     function: (opt, ckpt, state, total_steps, steps_per_epoch, lr_at)."""
     steps_per_epoch = math.ceil(pool_size / batch_size)
     total_steps = max(1, int(epochs * steps_per_epoch))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    ckpt = Checkpoint(ckpt_dir, model, opt)
+    ckpt = Checkpoint(ckpt_dir, model, opt, keep=keep, kept=kept)
     state = ckpt.load(device) or {"step": 0, "best_acc": -1.0, "history": [], "train_seconds": 0.0}
 
     def lr_at(step: int, seconds: float) -> float:
@@ -134,6 +166,10 @@ def run_steps(*, model: torch.nn.Module, opt: torch.optim.Optimizer, ckpt: Check
         if lengths is not None:
             order = group_by_length(order, lengths, batch_size, rng)
         for b in range(state["step"] % steps_per_epoch, steps_per_epoch):
+            if max_minutes and state["train_seconds"] > max_minutes * 60:  # before the step: a spent run takes none
+                tqdm.write(f"time budget of {max_minutes} min reached at step {state['step']}")
+                stop = True
+                break
             loss = loss_of(order[b * batch_size : (b + 1) * batch_size], state["step"])
             for group in opt.param_groups:
                 group["lr"] = lr(state["step"], state["train_seconds"])
@@ -150,10 +186,6 @@ def run_steps(*, model: torch.nn.Module, opt: torch.optim.Optimizer, ckpt: Check
                 run_eval()
             if state["step"] % checkpoint_every == 0:
                 ckpt.save(state)
-            if max_minutes and state["train_seconds"] > max_minutes * 60:
-                tqdm.write(f"time budget of {max_minutes} min reached at step {state['step']}")
-                stop = True
-                break
             if state["step"] >= total_steps:
                 break
     bar.close()

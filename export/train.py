@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from pcv.runtime.errors import InputError
 from pcv.runtime.tokenizer import text_as_read, token_lengths
 
 from .fastattn import use_fused_attention
-from .loop import bf16_autocast, record_eval, run_steps, say_precision, start
+from .loop import average_weights, bf16_autocast, record_eval, run_steps, say_precision, start
 from .modeling import IMDB_LABELS, ModelSize, build_config, extend_positions, load_classifier, patch_init, position_period
 
 
@@ -51,6 +52,7 @@ class TrainConfig:
     val_limit: int | None = None  # evaluate on at most this many validation texts
     eval_every: int = 500  # steps; also evaluated at the end
     checkpoint_every: int = 500
+    average_last: int = 0  # > 1: at the end, the mean weights of the last N checkpoints, kept if they validate better
     seed: int = 0
     device: str = "auto"
     bf16: bool = True  # autocast on CUDA and on CPUs with bf16 instructions (loop.bf16_autocast)
@@ -120,6 +122,28 @@ def evaluate(model, texts: list[str], labels: np.ndarray, *, max_length: int, de
         correct += int((logits.argmax(-1).cpu().numpy() == labels[idx]).sum())
     model.train()
     return correct / len(texts)
+
+
+def average_last(model, ckpt, state: dict, cfg: TrainConfig, score: Callable[[], float], out: Path) -> dict | None:
+    """--average-last N: score the mean weights of the run's last N checkpoints on the validation
+    sample; they become the saved model only if they beat its best step (the same selection rule)."""
+    kept = ckpt.recent()[-cfg.average_last :] if cfg.average_last > 1 else []
+    if len(kept) < 2:
+        return None
+    last = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(average_weights(kept))
+    acc = score()
+    steps = [int(p.stem.split("-")[1]) for p in kept]
+    better = acc > state["best_acc"]
+    print(f"mean weights of the checkpoints at steps {steps}: validation accuracy {acc:.4f} "
+          f"({'saved' if better else 'not saved'}: best single step {state['best_acc']:.4f})", flush=True)
+    if better:
+        model.save_pretrained(out, safe_serialization=True)
+    model.load_state_dict(last)  # a resumed run goes on from the last step, not from the mean
+    if better:
+        state["best_acc"] = acc
+        ckpt.save(state)  # and has to beat the mean to replace it
+    return {"steps": steps, "val_accuracy": acc, "saved": better}
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -196,7 +220,8 @@ def train(cfg: TrainConfig) -> dict:
 
     opt, ckpt, state, total_steps, steps_per_epoch, lr = start(
         trained, pool_size=len(pool), batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        warmup=cfg.warmup_steps, max_minutes=cfg.max_minutes, ckpt_dir=ckpt_dir, device=device)
+        warmup=cfg.warmup_steps, max_minutes=cfg.max_minutes, ckpt_dir=ckpt_dir, device=device,
+        keep=cfg.average_last, kept=model)
 
     def run_eval() -> None:
         acc = evaluate(model, va_texts, va_labels, max_length=cfg.max_length, device=device, bf16=cfg.bf16)
@@ -225,6 +250,8 @@ def train(cfg: TrainConfig) -> dict:
               pool_size=len(pool), batch_size=cfg.batch_size, total_steps=total_steps, order_seed=cfg.seed,
               eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, max_minutes=cfg.max_minutes,
               lengths=token_lengths(pool, cfg.max_length) if cfg.group_by_length else None, desc="train")
+    averaged = average_last(model, ckpt, state, cfg, lambda: evaluate(
+        model, va_texts, va_labels, max_length=cfg.max_length, device=device, bf16=cfg.bf16), out)
     metrics = {
         "best_val_accuracy": state["best_acc"],
         "steps": state["step"],
@@ -243,5 +270,7 @@ def train(cfg: TrainConfig) -> dict:
         "config": asdict(cfg),
         "finished": state["step"] >= total_steps,
     }
+    if averaged:
+        metrics["averaged"] = averaged
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
