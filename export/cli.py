@@ -84,6 +84,8 @@ def train_main(argv: list[str] | None = None) -> int:
                         "as the model if it beats the best single step (default 0: off)")
     _add_run_flags(p, lr=5e-5, warmup=200, epochs=3.0, eval_every=500, limit_help="use only the first N labelled records")
     a = p.parse_args(argv)
+    if a.average_last < 0 or a.average_last == 1:
+        return _fail(f"--average-last {a.average_last}: 0 (off) or the number of checkpoints to average, at least 2")
     from .train import TrainConfig, train
 
     cfg = TrainConfig(

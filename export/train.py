@@ -223,8 +223,11 @@ def train(cfg: TrainConfig) -> dict:
         warmup=cfg.warmup_steps, max_minutes=cfg.max_minutes, ckpt_dir=ckpt_dir, device=device,
         keep=cfg.average_last, kept=model)
 
+    def score() -> float:
+        return evaluate(model, va_texts, va_labels, max_length=cfg.max_length, device=device, bf16=cfg.bf16)
+
     def run_eval() -> None:
-        acc = evaluate(model, va_texts, va_labels, max_length=cfg.max_length, device=device, bf16=cfg.bf16)
+        acc = score()
         entry = {"step": state["step"], "epoch": round(state["step"] / steps_per_epoch, 3), "val_accuracy": acc,
                  "train_seconds": round(state["train_seconds"], 1)}
         record_eval(state, entry, acc, model, out)
@@ -250,8 +253,7 @@ def train(cfg: TrainConfig) -> dict:
               pool_size=len(pool), batch_size=cfg.batch_size, total_steps=total_steps, order_seed=cfg.seed,
               eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, max_minutes=cfg.max_minutes,
               lengths=token_lengths(pool, cfg.max_length) if cfg.group_by_length else None, desc="train")
-    averaged = average_last(model, ckpt, state, cfg, lambda: evaluate(
-        model, va_texts, va_labels, max_length=cfg.max_length, device=device, bf16=cfg.bf16), out)
+    averaged = average_last(model, ckpt, state, cfg, score, out)
     metrics = {
         "best_val_accuracy": state["best_acc"],
         "steps": state["step"],

@@ -95,3 +95,10 @@ def test_a_resumed_run_whose_budget_is_spent_takes_no_step(tmp_path, labelled):
     assert json.loads((out / "metrics.json").read_text())["steps"] == 1
     assert train_main(args) == 0  # resumes with the budget spent
     assert json.loads((out / "metrics.json").read_text())["steps"] == 1
+
+
+@pytest.mark.parametrize("n", ["1", "-2"])
+def test_average_last_needs_at_least_two_checkpoints(tmp_path, labelled, capsys, n):
+    assert train_main([str(labelled), "--out", str(tmp_path / "m"), "--average-last", n, *TINY]) == 2
+    assert f"--average-last {n}: 0 (off)" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
