@@ -25,7 +25,7 @@ if [[ ! -f $OUT/stage2/metrics.json ]]; then
   stage2 145
 fi
 # The same run resumed with its budget raised to 265 minutes: the clock-driven cosine goes back up to
-# ~55 % of the peak learning rate and decays again over the extra 120 minutes (a warm restart).
+# ~48 % of the peak learning rate and decays again over the extra 120 minutes (a warm restart).
 if [[ $(budget "$OUT/stage2/metrics.json") != 265.0 ]]; then
   stage2 265
 fi
