@@ -114,10 +114,11 @@ def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     total: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
     for path in paths:
         for k, v in load_file(path).items():
             total[k] = total[k] + v.double() if k in total else v.double()
-    dtypes = {k: v.dtype for k, v in load_file(paths[0]).items()}
+            dtypes.setdefault(k, v.dtype)
     return {k: (v / len(paths)).to(dtypes[k]) for k, v in total.items()}
 
 
