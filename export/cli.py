@@ -77,6 +77,9 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-weight", type=float, default=0.5)
     p.add_argument("--dense-weight", type=float, default=0.0,
                    help="dense distillation: weight of a per-latent word-lexicon loss (0 = off)")
+    p.add_argument("--attention-dropout", type=float, metavar="P",
+                   help="dropout on the attention probabilities while training (default: the model's config, 0.1 "
+                        "for fresh models); 0 makes CPU steps about 3x faster")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--val-limit", type=int)
     p.add_argument("--average-last", type=int, default=0, metavar="N",
@@ -86,13 +89,16 @@ def train_main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.average_last < 0 or a.average_last == 1:
         return _fail(f"--average-last {a.average_last}: 0 (off) or the number of checkpoints to average, at least 2")
+    if a.attention_dropout is not None and not 0.0 <= a.attention_dropout < 1.0:
+        return _fail(f"--attention-dropout {a.attention_dropout}: a probability in [0, 1)")
     from .train import TrainConfig, train
 
     cfg = TrainConfig(
         data=tuple(a.data), out=a.out, init_from=a.init_from, init=a.init,
         size=_size(a), text_field=a.text_field, label_field=a.label_field, labels=tuple(a.labels.split(",")),
         unlabelled=tuple(a.unlabelled), teacher=a.teacher, distill_weight=a.distill_weight, dense_weight=a.dense_weight,
-        val_fraction=a.val_fraction, val_limit=a.val_limit, average_last=a.average_last, **_run_args(a),
+        val_fraction=a.val_fraction, val_limit=a.val_limit, average_last=a.average_last,
+        attention_dropout=a.attention_dropout, **_run_args(a),
     )
     try:
         m = train(cfg)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from transformers import PerceiverConfig, PerceiverForSequenceClassification
+from transformers.models.perceiver.modeling_perceiver import PerceiverSelfAttention
 
 from pcv.runtime.errors import ModelError
 
@@ -153,6 +154,25 @@ def weights_hash(model: torch.nn.Module) -> str:
 
 
 POSITION_PERIOD = "pcv_position_period"  # config.json field set by extend_positions
+
+
+def set_attention_dropout(model: torch.nn.Module, p: float) -> int:
+    """Set the dropout on the attention probabilities of every Perceiver attention in `model`, and
+    in its config (a saved model records what it was trained with); returns how many were set.
+
+    On a CPU, attention dropout is most of a training step's cost: torch's fused attention has no
+    kernel with dropout there, so every score map is materialised and a random mask drawn for it
+    (0.6 s instead of 1.8 s per step of 32 x 2,048 bytes for the bundled model's size).
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"attention dropout {p}: use a probability in [0, 1)")
+    model.config.attention_probs_dropout_prob = p
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, PerceiverSelfAttention):
+            mod.dropout.p = p
+            n += 1
+    return n
 
 
 def position_period(config) -> int:

@@ -23,7 +23,8 @@ from pcv.runtime.tokenizer import text_as_read, token_lengths
 
 from .fastattn import use_fused_attention
 from .loop import average_weights, bf16_autocast, record_eval, run_steps, say_precision, start
-from .modeling import IMDB_LABELS, ModelSize, build_config, extend_positions, load_classifier, patch_init, position_period
+from .modeling import (IMDB_LABELS, ModelSize, build_config, extend_positions, load_classifier, patch_init, position_period,
+                       set_attention_dropout)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +42,7 @@ class TrainConfig:
     distill_weight: float = 0.5  # labelled targets = w * teacher + (1 - w) * one-hot
     dense_weight: float = 0.0  # > 0: dense distillation, a word-lexicon target under every latent (teacher.DenseTargets)
     fused_attention: bool = True  # train through torch's scaled_dot_product_attention (fastattn)
+    attention_dropout: float | None = None  # None: the model's own (config attention_probs_dropout_prob)
     max_length: int = 2048
     batch_size: int = 32
     lr: float = 5e-5  # the reference recipe (pretrained start); fresh models want ~5e-4
@@ -204,6 +206,11 @@ def train(cfg: TrainConfig) -> dict:
             raise ValueError(f"init {cfg.init!r}: use 'patch' or 'default'")
     model.config.id2label = id2label
     model.config.label2id = {v: k for k, v in id2label.items()}
+    if cfg.attention_dropout is not None:
+        set_attention_dropout(model, cfg.attention_dropout)
+    elif device.type == "cpu" and model.config.attention_probs_dropout_prob > 0:
+        print(f"note: attention dropout {model.config.attention_probs_dropout_prob} (the model's) makes each CPU step "
+              "about 3x slower (no fused attention kernel with dropout); --attention-dropout 0 turns it off", flush=True)
     model.to(device).train()
     if cfg.fused_attention:
         use_fused_attention(model)

@@ -130,3 +130,46 @@ def test_group_by_length_is_a_permutation_with_little_padding():
     again = group_by_length(order, lengths, 32, np.random.default_rng(1), megabatch=8)
     np.testing.assert_array_equal(grouped, again)  # seeded: a resumed run sees the same batches
     assert token_lengths(["ab", "é", "x" * 100], 50).tolist() == [4, 4, 50]
+
+
+def test_set_attention_dropout_reaches_every_attention_and_the_config():
+    from transformers import PerceiverConfig, PerceiverForSequenceClassification
+    from transformers.models.perceiver.modeling_perceiver import PerceiverSelfAttention
+
+    from pcv.export.fastattn import use_fused_attention
+    from pcv.export.modeling import set_attention_dropout
+
+    torch.manual_seed(0)
+    model = PerceiverForSequenceClassification(PerceiverConfig(
+        num_latents=8, d_latents=32, d_model=64, num_blocks=1, num_self_attends_per_block=2, num_self_attention_heads=2,
+        num_cross_attention_heads=2, max_position_embeddings=64, num_labels=2, attention_probs_dropout_prob=0.1))
+    use_fused_attention(model)
+    model.train()
+    x = torch.randint(6, 262, (2, 40))
+
+    def twice() -> tuple[torch.Tensor, torch.Tensor]:
+        return model(inputs=x).logits, model(inputs=x).logits
+
+    a, b = twice()
+    assert not torch.equal(a, b)  # dropout on: two training forwards differ
+    n = set_attention_dropout(model, 0.0)
+    assert n == sum(isinstance(m, PerceiverSelfAttention) for m in model.modules()) == 4  # cross, 2 self, decoder
+    assert model.config.attention_probs_dropout_prob == 0.0
+    a, b = twice()
+    assert torch.equal(a, b)  # off: the fused training path is deterministic
+    with pytest.raises(ValueError, match="attention dropout 1.0"):
+        set_attention_dropout(model, 1.0)
+
+
+def test_attention_dropout_flag_is_saved_and_checked(tmp_path, labelled, capsys):
+    out = tmp_path / "m"
+    assert train_main([str(labelled), "--out", str(out), "--epochs", "1", *TINY]) == 0
+    assert "--attention-dropout 0 turns it off" in capsys.readouterr().out  # the model's 0.1 on a CPU: a hint
+    assert load_classifier(str(out)).config.attention_probs_dropout_prob == 0.1
+    out = tmp_path / "m0"
+    assert train_main([str(labelled), "--out", str(out), "--epochs", "1", "--attention-dropout", "0", *TINY]) == 0
+    assert "turns it off" not in capsys.readouterr().out
+    assert load_classifier(str(out)).config.attention_probs_dropout_prob == 0.0
+    assert json.loads((out / "metrics.json").read_text())["config"]["attention_dropout"] == 0.0
+    assert train_main([str(labelled), "--out", str(out), "--attention-dropout", "1.5", *TINY]) == 2
+    assert "--attention-dropout 1.5: a probability in [0, 1)" in capsys.readouterr().err
