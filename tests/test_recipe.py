@@ -48,19 +48,23 @@ def run_recipe(tmp_path: Path, fail_at: str = "") -> tuple[int, list[str]]:
 def test_recipe_runs_stages_in_order_and_resumes(tmp_path):
     rc, calls = run_recipe(tmp_path)
     assert rc == 0
-    assert calls == ["train stage1 215", "train stage2 145", "train stage2 265", "export stage2"]
+    assert calls == ["train stage1 215", "train stage2 145", "train stage2 265", "train stage3 95", "export stage3"]
 
     rc, calls = run_recipe(tmp_path)  # everything done: only the export runs again
-    assert (rc, calls) == (0, ["export stage2"])
+    assert (rc, calls) == (0, ["export stage3"])
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-@pytest.mark.parametrize("fail_at, done_before", [("145", ["train stage1 215"]),
-                                                  ("265", ["train stage1 215", "train stage2 145"])])
+@pytest.mark.parametrize("fail_at, done_before", [
+    ("145", ["train stage1 215"]),
+    ("265", ["train stage1 215", "train stage2 145"]),
+    ("95", ["train stage1 215", "train stage2 145", "train stage2 265"]),
+])
 def test_recipe_rerun_after_interruption_resumes_the_unfinished_stage(tmp_path, fail_at, done_before):
     rc, calls = run_recipe(tmp_path, fail_at=fail_at)  # a stage-2 run interrupted
-    assert rc != 0 and calls == done_before + [f"train stage2 {fail_at}"]
+    stages = ["train stage2 145", "train stage2 265", "train stage3 95"]
+    failed = next(c for c in stages if c.endswith(f" {fail_at}"))
+    assert rc != 0 and calls == done_before + [failed]
 
     rc, calls = run_recipe(tmp_path)  # the rerun goes on from there
-    rest = ["train stage2 145", "train stage2 265"][["145", "265"].index(fail_at):]
-    assert (rc, calls) == (0, rest + ["export stage2"])
+    assert (rc, calls) == (0, stages[stages.index(failed):] + ["export stage3"])
