@@ -79,3 +79,18 @@ def test_patch_init_of_the_mlm_decoder_reads_each_bytes_own_latent():
     decoder = out.cross_attentions[-1][0].mean(0)  # (L, latents), averaged over heads
     assert torch.equal(decoder.argmax(-1), torch.arange(256) // 8)
     assert model.perceiver.decoder.decoding_cross_attention.attention.use_query_residual
+
+
+def test_pretrain_attention_dropout_flag_is_saved_and_checked(tmp_path, review_texts, capsys):
+    from transformers import PerceiverConfig
+
+    data = tmp_path / "unsup.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in review_texts[:40]))
+    out = tmp_path / "mlm"
+    args = [str(data), "--out", str(out), "--device", "cpu", "--num-latents", "16", "--d-latents", "32", "--d-model", "32",
+            "--num-layers", "1", "--self-heads", "2", "--cross-heads", "2", "--max-length", "256", "--batch-size", "8",
+            "--epochs", "0.25", "--warmup-steps", "1"]
+    assert pretrain_main([*args, "--attention-dropout", "0"]) == 0
+    assert PerceiverConfig.from_pretrained(out).attention_probs_dropout_prob == 0.0
+    assert pretrain_main([*args, "--attention-dropout", "-0.1"]) == 2
+    assert "--attention-dropout -0.1: a probability in [0, 1)" in capsys.readouterr().err
