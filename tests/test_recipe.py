@@ -61,7 +61,7 @@ def test_recipe_runs_stages_in_order_and_resumes(tmp_path):
     ("95", ["train stage1 215", "train stage2 145", "train stage2 265"]),
 ])
 def test_recipe_rerun_after_interruption_resumes_the_unfinished_stage(tmp_path, fail_at, done_before):
-    rc, calls = run_recipe(tmp_path, fail_at=fail_at)  # a stage-2 run interrupted
+    rc, calls = run_recipe(tmp_path, fail_at=fail_at)  # a stage-2 or stage-3 run interrupted
     stages = ["train stage2 145", "train stage2 265", "train stage3 95"]
     failed = next(c for c in stages if c.endswith(f" {fail_at}"))
     assert rc != 0 and calls == done_before + [failed]
