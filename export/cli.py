@@ -78,6 +78,9 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output model dir; rerun the same command to resume")
     p.add_argument("--init-from", help="pretrained HF dir or hub id (default: a fresh model sized by the flags below)")
     p.add_argument("--init", choices=["patch", "default"], default="patch", help="initialisation of a fresh model")
+    p.add_argument("--grow-layers", type=int, metavar="N",
+                   help="with --init-from: deepen its latent transformer to N self-attention layers; each new layer "
+                        "starts as the identity (same logits), a copy of the layer before it with zeroed outputs")
     _add_size_flags(p)
     p.add_argument("--text-field", default="text")
     p.add_argument("--label-field", default="label")
@@ -98,10 +101,12 @@ def train_main(argv: list[str] | None = None) -> int:
         return _fail(f"--average-last {a.average_last}: 0 (off) or the number of checkpoints to average, at least 2")
     if bad := _check_run_args(a):
         return _fail(bad)
+    if a.grow_layers is not None and (a.init_from is None or a.grow_layers < 1):
+        return _fail(f"--grow-layers {a.grow_layers}: deepens a trained model to N >= 1 layers; give --init-from too")
     from .train import TrainConfig, train
 
     cfg = TrainConfig(
-        data=tuple(a.data), out=a.out, init_from=a.init_from, init=a.init,
+        data=tuple(a.data), out=a.out, init_from=a.init_from, grow_layers=a.grow_layers, init=a.init,
         size=_size(a), text_field=a.text_field, label_field=a.label_field, labels=tuple(a.labels.split(",")),
         unlabelled=tuple(a.unlabelled), teacher=a.teacher, distill_weight=a.distill_weight, dense_weight=a.dense_weight,
         val_fraction=a.val_fraction, val_limit=a.val_limit, average_last=a.average_last, **_run_args(a),

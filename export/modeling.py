@@ -6,6 +6,7 @@ in, because unpickling a file from elsewhere can run code.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -206,6 +207,38 @@ def extend_positions(model: PerceiverForSequenceClassification, length: int) -> 
     model.perceiver.input_preprocessor.position_embeddings = new
     cfg.max_position_embeddings = length
     setattr(cfg, POSITION_PERIOD, period)
+
+
+@torch.no_grad()
+def add_layers(model: PerceiverForSequenceClassification, layers: int) -> None:
+    """Deepen a trained classifier's latent transformer to `layers` self-attention layers without
+    changing what it computes (progressive stacking, as in net2net's deeper networks).
+
+    Each new layer is a copy of the trained layer before it with its two output projections (the
+    attention's output dense and the MLP's second dense) set to zero: with the residuals, a new
+    layer starts as the identity, so the grown model gives the same logits, and training starts
+    from the old model's accuracy with the copied query/key/value and first MLP weights already
+    reading useful features. New layers are spread evenly between the old ones.
+    """
+    cfg = model.config
+    if cfg.num_blocks != 1:
+        raise ValueError(f"add_layers needs num_blocks 1 (the model has {cfg.num_blocks})")
+    old = list(model.perceiver.encoder.self_attends)
+    if layers <= len(old):
+        raise ValueError(f"the model already has {len(old)} self-attention layers; add_layers only grows them (asked for {layers})")
+    extra = layers - len(old)
+    grown = []
+    for i, layer in enumerate(old):
+        grown.append(layer)
+        # layer i gets the new layers that fall in its share of `extra`
+        for _ in range((i + 1) * extra // len(old) - i * extra // len(old)):
+            new = copy.deepcopy(layer)
+            for lin in (new.attention.output.dense, new.mlp.dense2):
+                lin.weight.zero_()
+                lin.bias.zero_()
+            grown.append(new)
+    model.perceiver.encoder.self_attends = torch.nn.ModuleList(grown)
+    cfg.num_self_attends_per_block = layers
 
 
 def _sinusoids(positions: torch.Tensor, num_freqs: int, min_period: float, max_period: float) -> torch.Tensor:

@@ -23,7 +23,7 @@ from pcv.runtime.tokenizer import text_as_read, token_lengths
 
 from .fastattn import use_fused_attention
 from .loop import average_weights, bf16_autocast, record_eval, run_steps, say_precision, start
-from .modeling import (IMDB_LABELS, ModelSize, build_config, extend_positions, load_classifier, patch_init, position_period,
+from .modeling import (IMDB_LABELS, ModelSize, add_layers, build_config, extend_positions, load_classifier, patch_init, position_period,
                        set_attention_dropout)
 
 
@@ -32,6 +32,7 @@ class TrainConfig:
     data: tuple[str, ...]  # labelled JSONL/CSV files
     out: str  # output model dir (HF format) + metrics.json; checkpoint/ inside for resume
     init_from: str | None = None  # pretrained HF dir or hub id; None = fresh model of `size`
+    grow_layers: int | None = None  # with init_from: deepen its latent transformer to this many layers (add_layers)
     size: ModelSize = field(default_factory=ModelSize)
     init: str = "patch"  # fresh models: "patch" (byte-patch cross-attention) or "default"
     text_field: str = "text"
@@ -198,6 +199,15 @@ def train(cfg: TrainConfig) -> dict:
             extend_positions(model, cfg.max_length)
             print(f"{cfg.init_from}: {old} positions extended to {cfg.max_length} (learned position embeddings repeated "
                   f"every {position_period(model.config)}; texts that fit the old length give the same logits)", flush=True)
+        if cfg.grow_layers and cfg.grow_layers != (old := model.config.num_self_attends_per_block):
+            if cfg.grow_layers < old:
+                raise InputError(f"{cfg.init_from}: has {old} self-attention layers; --grow-layers {cfg.grow_layers} "
+                                 "can only add layers")
+            add_layers(model, cfg.grow_layers)
+            print(f"{cfg.init_from}: {old} self-attention layers grown to {cfg.grow_layers} (new layers start as the "
+                  "identity: same logits)", flush=True)
+    elif cfg.grow_layers:
+        raise ValueError("grow_layers deepens a trained model: give init_from too")
     else:
         model = PerceiverForSequenceClassification(build_config(cfg.size, id2label))
         if cfg.init == "patch":
