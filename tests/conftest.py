@@ -53,6 +53,17 @@ def tiny_model(*, num_latents: int = 16, d: int = 32, layers: int = 1, max_lengt
     return PerceiverForSequenceClassification(build_config(size)).eval()
 
 
+def torch_logits(model, texts: list[str], max_length: int):
+    """A torch classifier's logits (numpy) for texts, tokenized as pcv-batch does."""
+    torch = pytest.importorskip("torch")
+    from pcv.runtime import PerceiverByteTokenizer
+
+    enc = PerceiverByteTokenizer()(texts, max_length=max_length, truncation=True, padding="longest")
+    with torch.no_grad():
+        out = model(inputs=torch.from_numpy(enc.input_ids), attention_mask=torch.from_numpy(enc.attention_mask))
+    return out.logits.numpy()
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A tiny HF model dir (config.json + model.safetensors) and its verified ONNX export."""

@@ -13,23 +13,15 @@ from pcv.export.cli import train_main
 from pcv.export.modeling import extend_positions, load_classifier, patch_init, position_period
 from pcv.export.onnx_export import ExportConfig, export_onnx
 from pcv.export.teacher import DenseTargets
-from pcv.runtime import PerceiverByteTokenizer
 
-from conftest import tiny_model
-
-
-def _logits(model, texts: list[str], max_length: int) -> np.ndarray:
-    enc = PerceiverByteTokenizer()(texts, max_length=max_length, truncation=True, padding="longest")
-    with torch.no_grad():
-        out = model(inputs=torch.from_numpy(enc.input_ids), attention_mask=torch.from_numpy(enc.attention_mask))
-    return out.logits.numpy()
+from conftest import tiny_model, torch_logits
 
 
 def test_extended_model_repeats_positions_and_keeps_short_texts_logits(review_texts):
     m = tiny_model(max_length=64)
     patch_init(m)
     short = ["a great film", "dull.", review_texts[0][:50]]
-    before = _logits(m, short, 64)
+    before = torch_logits(m, short, 64)
     old = m.perceiver.input_preprocessor.position_embeddings.weight.detach().clone()
     extend_positions(m, 160)
     new = m.perceiver.input_preprocessor.position_embeddings.weight.detach()
@@ -37,10 +29,10 @@ def test_extended_model_repeats_positions_and_keeps_short_texts_logits(review_te
     assert position_period(m.config) == 64
     torch.testing.assert_close(new[64:128], old)
     torch.testing.assert_close(new[128:], old[:32])
-    np.testing.assert_allclose(_logits(m, short, 160), before, atol=1e-5)  # new positions are padding there
+    np.testing.assert_allclose(torch_logits(m, short, 160), before, atol=1e-5)  # new positions are padding there
     long_text = review_texts[1] * 3  # past the old 64 positions: reads more, so the logits move
     assert len(long_text.encode()) > 160
-    assert not np.allclose(_logits(m, [long_text], 160), _logits(m, [long_text], 64), rtol=1e-4, atol=0)
+    assert not np.allclose(torch_logits(m, [long_text], 160), torch_logits(m, [long_text], 64), rtol=1e-4, atol=0)
     with pytest.raises(ValueError, match="only grows"):
         extend_positions(m, 100)
 

@@ -12,16 +12,8 @@ import torch
 from pcv.export.cli import train_main
 from pcv.export.modeling import add_layers, load_classifier, patch_init
 from pcv.export.onnx_export import ExportConfig, export_onnx
-from pcv.runtime import PerceiverByteTokenizer
 
-from conftest import tiny_model
-
-
-def _logits(model, texts: list[str], max_length: int = 256) -> np.ndarray:
-    enc = PerceiverByteTokenizer()(texts, max_length=max_length, truncation=True, padding="longest")
-    with torch.no_grad():
-        out = model(inputs=torch.from_numpy(enc.input_ids), attention_mask=torch.from_numpy(enc.attention_mask))
-    return out.logits.numpy()
+from conftest import tiny_model, torch_logits
 
 
 def _trained_like(layers: int):
@@ -38,7 +30,7 @@ def _trained_like(layers: int):
 def test_grown_model_gives_the_same_logits_and_new_layers_copy_their_neighbour(review_texts):
     m = _trained_like(layers=2)
     texts = review_texts[:4]
-    before = _logits(m, texts)
+    before = torch_logits(m, texts, 256)
     old = list(m.perceiver.encoder.self_attends)
     add_layers(m, 5)
     grown = list(m.perceiver.encoder.self_attends)
@@ -53,10 +45,10 @@ def test_grown_model_gives_the_same_logits_and_new_layers_copy_their_neighbour(r
         for lin in (new.attention.output.dense, new.mlp.dense2):
             assert not lin.weight.any() and not lin.bias.any()
         assert new.mlp.dense1.weight.data_ptr() != src.mlp.dense1.weight.data_ptr()  # copies, not shared weights
-    np.testing.assert_allclose(_logits(m, texts), before, atol=1e-5)
+    np.testing.assert_allclose(torch_logits(m, texts, 256), before, atol=1e-5)
     with torch.no_grad():
         grown[3].mlp.dense2.bias.copy_(torch.linspace(-1, 1, 32))  # new layers are on the forward path: an output moves the logits
-    assert not np.allclose(_logits(m, texts), before, atol=1e-3)
+    assert not np.allclose(torch_logits(m, texts, 256), before, atol=1e-3)
     grown[3].mlp.dense2.bias.data.zero_()
     with pytest.raises(ValueError, match="only grows"):
         add_layers(m, 5)
@@ -68,7 +60,7 @@ def test_grown_model_saves_reloads_and_exports(tmp_path, review_texts):
     m.save_pretrained(tmp_path, safe_serialization=True)
     loaded = load_classifier(str(tmp_path))
     assert loaded.config.num_self_attends_per_block == 3
-    np.testing.assert_allclose(_logits(loaded, review_texts[:3]), _logits(m, review_texts[:3]), atol=1e-6)
+    np.testing.assert_allclose(torch_logits(loaded, review_texts[:3], 256), torch_logits(m, review_texts[:3], 256), atol=1e-6)
     report = export_onnx(loaded, tmp_path / "model.onnx", ExportConfig(verify_texts=tuple(review_texts[:3])))
     assert report is not None and report.max_abs_diff < 1e-4
 
