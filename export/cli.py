@@ -87,6 +87,9 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", default="neg,pos", help="label names for ids 0,1,... (default: neg,pos)")
     p.add_argument("--unlabelled", nargs="*", default=[], help="text-only files for distillation")
     p.add_argument("--teacher", choices=["none", "ngram"], default="none")
+    p.add_argument("--teacher-cache", metavar="FILE.npz",
+                   help="keep the teacher's outputs here and reuse them while the data and settings match "
+                        "(fitting it takes a minute or more on IMDB; a resume or another run skips that)")
     p.add_argument("--distill-weight", type=float, default=0.5)
     p.add_argument("--dense-weight", type=float, default=0.0,
                    help="dense distillation: weight of a per-latent word-lexicon loss (0 = off)")
@@ -108,7 +111,8 @@ def train_main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(
         data=tuple(a.data), out=a.out, init_from=a.init_from, grow_layers=a.grow_layers, init=a.init,
         size=_size(a), text_field=a.text_field, label_field=a.label_field, labels=tuple(a.labels.split(",")),
-        unlabelled=tuple(a.unlabelled), teacher=a.teacher, distill_weight=a.distill_weight, dense_weight=a.dense_weight,
+        unlabelled=tuple(a.unlabelled), teacher=a.teacher, teacher_cache=a.teacher_cache, distill_weight=a.distill_weight,
+        dense_weight=a.dense_weight,
         val_fraction=a.val_fraction, val_limit=a.val_limit, average_last=a.average_last, **_run_args(a),
     )
     try:

@@ -7,8 +7,10 @@ training texts come from cross-validation, so they are not over-confident memori
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +46,38 @@ def teacher_probs(
     other = full.predict_proba(x_other).astype(np.float32) if len(other_texts) else empty
     probe = full.predict_proba(vec.transform(list(probe_texts))).astype(np.float32) if len(probe_texts) else empty
     return cv, other, probe
+
+
+def fingerprint(texts: Iterable[str], *arrays: npt.NDArray, settings: object = ()) -> str:
+    """A sha256 of the teacher's inputs: the texts in order, the label arrays and any settings."""
+    h = hashlib.sha256(repr(settings).encode())
+    for t in texts:
+        b = t.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(8, "little") + b)
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def cached(path: str | Path | None, key: str, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Teacher outputs kept in an .npz under the fingerprint of their inputs (pcv-train --teacher-cache):
+    a later run or a resume on the same data loads them instead of fitting the teacher again; a file
+    made from other data or settings is rebuilt, never used. Loaded with allow_pickle=False."""
+    if path is None:
+        return build()
+    path = Path(path)
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if "key" in z.files and str(z["key"]) == key:
+                print(f"teacher: loaded from {path}", flush=True)
+                return {k: z[k] for k in z.files if k != "key"}
+        print(f"teacher: {path} was made from other data or settings: fitted again and replaced", flush=True)
+    arrays = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".tmp"), "wb") as f:  # np.savez would add .npz to a bare name
+        np.savez(f, key=np.array(key), **arrays)
+    path.with_name(path.name + ".tmp").replace(path)
+    return arrays
 
 
 # Word tokens as sklearn's vectorizers find them: 2+ word characters.

@@ -40,6 +40,7 @@ class TrainConfig:
     labels: tuple[str, ...] = ("neg", "pos")  # names for ids 0..C-1; labels in data may be ids or names
     unlabelled: tuple[str, ...] = ()  # text-only files, used through the teacher
     teacher: str = "none"  # "ngram": distil from a TF-IDF + logistic regression teacher
+    teacher_cache: str | None = None  # .npz of the teacher's outputs, reused while the data and settings match
     distill_weight: float = 0.5  # labelled targets = w * teacher + (1 - w) * one-hot
     dense_weight: float = 0.0  # > 0: dense distillation, a word-lexicon target under every latent (teacher.DenseTargets)
     fused_attention: bool = True  # train through torch's scaled_dot_product_attention (fastattn)
@@ -149,6 +150,26 @@ def average_last(model, ckpt, state: dict, cfg: TrainConfig, score: Callable[[],
     return {"steps": steps, "val_accuracy": acc, "saved": better}
 
 
+class DenseMemo:
+    """Dense targets made once per pool text, on first use (a Python loop over the words, ~0.4 ms a
+    review: on a GPU that would be most of a step). Pools whose memo would pass 1 GiB are not memoised."""
+
+    def __init__(self, dense, pool_size: int, num_latents: int, *, max_bytes: int = 1 << 30) -> None:
+        self.dense = dense
+        self.memo = np.zeros((pool_size, 2, num_latents), np.float32) if pool_size * num_latents * 8 <= max_bytes else None
+        self.have = np.zeros(pool_size, bool)
+
+    def __call__(self, texts: list[str], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.memo is None:
+            return self.dense(texts)
+        new = ~self.have[idx]
+        if new.any():
+            t, m = self.dense([x for x, n in zip(texts, new) if n])
+            self.memo[idx[new], 0], self.memo[idx[new], 1] = t, m
+            self.have[idx[new]] = True
+        return self.memo[idx, 0], self.memo[idx, 1]
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train and save the best model to cfg.out; returns the metrics written to metrics.json."""
     out = Path(cfg.out)
@@ -171,16 +192,31 @@ def train(cfg: TrainConfig) -> dict:
     targets = np.eye(num_labels, dtype=np.float32)[tr_labels]
     pool = list(tr_texts)
     teacher_val_acc = teacher_val_acc_cut = None
+    words = None  # the dense teacher's lexicon (word, weight)
     if cfg.teacher == "ngram":
-        from .teacher import teacher_probs
+        from .teacher import cached, fingerprint, teacher_probs, word_weights
 
         unl = load_unlabelled(cfg.unlabelled, cfg) if cfg.unlabelled else []
         t0 = time.time()
         seen = [text_as_read(t, cfg.max_length) for t in va_texts]  # what the student reads
-        cv, other, probe = teacher_probs(tr_texts, tr_labels, va_texts + unl, num_labels=num_labels, seed=cfg.seed,
-                                         probe_texts=seen)
+
+        def build() -> dict[str, np.ndarray]:
+            cv, other, probe = teacher_probs(tr_texts, tr_labels, va_texts + unl, num_labels=num_labels, seed=cfg.seed,
+                                             probe_texts=seen)
+            out = {"cv": cv, "other": other, "probe": probe}
+            if cfg.dense_weight > 0:
+                ww = word_weights(tr_texts, tr_labels)
+                out |= {"words": np.array(list(ww), dtype=str), "weights": np.array(list(ww.values()), np.float32)}
+            return out
+
+        key = fingerprint(tr_texts + va_texts + unl + seen, tr_labels, va_labels,
+                          settings=("ngram-1", num_labels, cfg.seed, len(tr_texts), len(va_texts), cfg.dense_weight > 0))
+        t = cached(cfg.teacher_cache, key, build)
+        cv, other = t["cv"], t["other"]
+        if "words" in t:
+            words = dict(zip(t["words"].tolist(), t["weights"].tolist()))
         teacher_val_acc = float((other[: len(va_texts)].argmax(1) == va_labels).mean())
-        teacher_val_acc_cut = float((probe.argmax(1) == va_labels).mean())
+        teacher_val_acc_cut = float((t["probe"].argmax(1) == va_labels).mean())
         print(f"teacher: n-gram TF-IDF + LR, validation accuracy {teacher_val_acc:.4f}, "
               f"{teacher_val_acc_cut:.4f} on the first {cfg.max_length} tokens the student reads "
               f"({time.time() - t0:.0f}s)", flush=True)
@@ -230,8 +266,10 @@ def train(cfg: TrainConfig) -> dict:
         from .teacher import DenseTargets, word_weights
 
         mc = model.config
-        dense = DenseTargets(word_weights(tr_texts, tr_labels), num_latents=mc.num_latents, max_length=cfg.max_length,
+        lexicon = words if words is not None else word_weights(tr_texts, tr_labels)
+        dense = DenseTargets(lexicon, num_latents=mc.num_latents, max_length=cfg.max_length,
                              positions=position_period(mc)).normalised(tr_texts[:2000])
+        dense = DenseMemo(dense, len(pool), mc.num_latents)
         head = torch.nn.Linear(mc.d_latents, 1).to(device)  # training only: reads a word score off each latent
         trained = torch.nn.ModuleDict({"model": model, "dense_head": head})
 
@@ -261,7 +299,7 @@ def train(cfg: TrainConfig) -> dict:
             out = model(inputs=x, attention_mask=m, output_hidden_states=dense is not None)
         loss = -(y * torch.log_softmax(out.logits.float(), -1)).sum(-1).mean()
         if dense is not None:
-            t, tm = (torch.from_numpy(a).to(device) for a in dense(batch))
+            t, tm = (torch.from_numpy(a).to(device) for a in dense(batch, idx))
             pred = trained["dense_head"](out.hidden_states[-1].float()).squeeze(-1)
             loss = loss + cfg.dense_weight * (((pred - t) ** 2) * tm).sum() / tm.sum()
         return loss

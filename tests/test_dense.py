@@ -103,3 +103,19 @@ def test_train_with_dense_distillation_saves_a_plain_classifier(tmp_path, review
         assert not [k for k in f.keys() if "dense_head" in k or k.startswith("model.")]
     assert train_main([*args[:6], "2", *args[7:]]) == 0  # resumes (the checkpoint holds the head too)
     assert json.loads((out / "metrics.json").read_text())["steps"] == 12
+
+
+@pytest.mark.parametrize("max_bytes", [1 << 30, 0])
+def test_dense_memo_gives_the_targets_of_each_text(max_bytes):
+    from pcv.export.train import DenseMemo
+
+    pool = ["a great film", "an awful, awful film", "great", "awful acting but a great plot " * 5]
+    dense = DenseTargets({"great": 1.0, "awful": -1.0, "plot": 0.5}, num_latents=4, max_length=64)
+    memo = DenseMemo(dense, len(pool), 4, max_bytes=max_bytes)
+    assert (memo.memo is None) == (max_bytes == 0)
+    for idx in ([0, 2], [3, 0, 1], [1, 1, 3], [2]):  # texts seen before and new ones, a text twice in a batch
+        idx = np.array(idx)
+        t, m = memo([pool[i] for i in idx], idx)
+        want_t, want_m = dense([pool[i] for i in idx])
+        np.testing.assert_array_equal(t, want_t)
+        np.testing.assert_array_equal(m, want_m)

@@ -46,3 +46,35 @@ def test_train_reports_the_teachers_accuracy_at_max_length(tmp_path, reviews):
         assert 0.0 <= cut[n] <= 1.0
     # nothing is cut when every review fits, so the figure is the teacher's own validation accuracy
     assert cut[longest] == full[longest]
+
+
+def _weights(folder):
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_teacher_cache_is_reused_only_for_the_same_inputs(tmp_path, reviews, capsys):
+    p = tmp_path / "train.jsonl"
+    p.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in reviews))
+    cache = tmp_path / "cache" / "teacher.npz"
+    run = ["--teacher", "ngram", "--dense-weight", "1", "--max-length", "256", *TINY]
+    assert train_main([str(p), "--out", str(tmp_path / "plain"), *run]) == 0
+    assert train_main([str(p), "--out", str(tmp_path / "built"), "--teacher-cache", str(cache), *run]) == 0
+    assert cache.is_file() and "loaded from" not in capsys.readouterr().out
+    with np.load(cache, allow_pickle=False) as z:  # plain arrays: no pickle needed to read it
+        assert {"key", "cv", "other", "probe", "words", "weights"} <= set(z.files)
+    assert train_main([str(p), "--out", str(tmp_path / "loaded"), "--teacher-cache", str(cache), *run]) == 0
+    assert f"teacher: loaded from {cache}" in capsys.readouterr().out
+    plain, built, loaded = (_weights(tmp_path / n) for n in ("plain", "built", "loaded"))
+    for k in plain:  # the cache changes nothing in what is trained
+        np.testing.assert_array_equal(plain[k], built[k])
+        np.testing.assert_array_equal(plain[k], loaded[k])
+    m = json.loads((tmp_path / "loaded" / "metrics.json").read_text())
+    assert m["teacher_val_accuracy"] == json.loads((tmp_path / "plain" / "metrics.json").read_text())["teacher_val_accuracy"]
+    # another split (other training texts) is not served from the cache: the teacher is fitted again
+    assert train_main([str(p), "--out", str(tmp_path / "fewer"), "--teacher-cache", str(cache), "--val-fraction", "0.3",
+                       *run]) == 0
+    assert "made from other data or settings" in capsys.readouterr().out
+    with np.load(cache, allow_pickle=False) as z:
+        assert len(z["cv"]) == len(reviews) - round(len(reviews) * 0.3)  # replaced by the new run's
