@@ -1,6 +1,7 @@
-"""The bundled model's recipe (models/imdb-perceiver/recipe.sh) runs its stages in order and, rerun
-after an interruption, resumes the unfinished one and skips the finished ones. The trainers are
-replaced by stand-ins on PATH that log their arguments; the real ones are tested elsewhere."""
+"""The bundled model's recipes: recipe.sh (one GPU run, refused without CUDA) and recipe-cpu.sh (the
+previous model's three CPU stages) run their steps in order and, rerun after an interruption, resume
+the unfinished one and skip the finished ones. The trainers are replaced by stand-ins on PATH that log
+their arguments; the real ones are tested elsewhere."""
 
 import os
 import shutil
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-RECIPE = Path(__file__).resolve().parents[1] / "models" / "imdb-perceiver" / "recipe.sh"
+RECIPES = Path(__file__).resolve().parents[1] / "models" / "imdb-perceiver"
+RECIPE = RECIPES / "recipe-cpu.sh"
 
 # Logs its --out and --max-minutes; writes metrics.json as pcv-train does at the end of a run,
 # unless $FAIL_AT names this budget (the run is "interrupted": a checkpoint, no metrics.json).
@@ -27,21 +29,51 @@ echo "export $(basename "$1")" >> "$LOG"
 """
 
 
-def run_recipe(tmp_path: Path, fail_at: str = "") -> tuple[int, list[str]]:
+# recipe.sh asks python3 whether torch sees a GPU: this stand-in answers from $CUDA.
+FAKE_PYTHON = """#!/usr/bin/env bash
+[[ "${CUDA:-1}" == 1 ]]
+"""
+
+
+def run_recipe(tmp_path: Path, fail_at: str = "", recipe: Path = RECIPE, cuda: bool = True) -> tuple[int, list[str]]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     for name, text in (("pcv-train", FAKE_TRAIN), ("pcv-export", FAKE_EXPORT)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    python3 = bin_dir / "python3"  # the recipe reads metrics.json with python3: this interpreter
-    if not python3.exists():
+    python3 = bin_dir / "python3"
+    if recipe == RECIPE and not python3.exists():  # recipe-cpu.sh reads metrics.json with python3: this interpreter
         python3.symlink_to(sys.executable)
+    elif recipe != RECIPE:
+        python3.write_text(FAKE_PYTHON)
+        python3.chmod(0o755)
     log = tmp_path / "log"
     log.write_text("")
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "LOG": str(log), "FAIL_AT": fail_at}
-    proc = subprocess.run(["bash", str(RECIPE), str(tmp_path / "data"), str(tmp_path / "run")], env=env,
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "LOG": str(log), "FAIL_AT": fail_at,
+           "CUDA": "1" if cuda else "0"}
+    proc = subprocess.run(["bash", str(recipe), str(tmp_path / "data"), str(tmp_path / "run")], env=env,
                           capture_output=True, text=True)
+    if proc.returncode:
+        print(proc.stderr)
     return proc.returncode, log.read_text().splitlines()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_recipe_trains_once_resumes_and_exports(tmp_path):
+    gpu = RECIPES / "recipe.sh"
+    rc, calls = run_recipe(tmp_path, fail_at="8", recipe=gpu)  # the run is interrupted
+    assert rc != 0 and calls == ["train run 8"]
+    rc, calls = run_recipe(tmp_path, recipe=gpu)  # the rerun goes on with the same command, then exports
+    assert (rc, calls) == (0, ["train run 8", "export run"])
+    rc, calls = run_recipe(tmp_path, recipe=gpu)  # finished: only the export runs again
+    assert (rc, calls) == (0, ["export run"])
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_recipe_without_cuda_says_so_and_trains_nothing(tmp_path, capsys):
+    rc, calls = run_recipe(tmp_path, recipe=RECIPES / "recipe.sh", cuda=False)
+    assert rc == 2 and calls == []
+    assert "recipe-cpu.sh" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
