@@ -12,7 +12,7 @@ from conftest import tiny_model
 from pcv.export.check import TOLERANCES, compare
 from pcv.export.cli import check_main, export_main
 from pcv.export.onnx_export import ExportConfig, export_onnx
-from pcv.export.variants import VariantConfig, build_variant, trt_profiles, trt_provider_options, variant_path
+from pcv.export.variants import VariantConfig, build_variant, byte_side_matmuls, trt_profiles, trt_provider_options, variant_path
 from pcv.runtime import PcvError, PerceiverByteTokenizer, ProviderError
 from pcv.runtime.session import OnnxClassifier
 
@@ -44,6 +44,25 @@ def test_variant_parity(src, review_texts, kind, tol, batch, seq):
         ref = model(inputs=torch.from_numpy(enc.input_ids), attention_mask=torch.from_numpy(enc.attention_mask)).logits.numpy()
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= tol
+
+
+@pytest.mark.parametrize("kind", ["int8", "int8-static"])
+def test_int8_kinds_leave_the_byte_side_projections_float(src, review_texts, kind):
+    """The encoder cross-attention's key/value MatMuls read byte + position embeddings of every
+    token; both int8 kinds keep them float (quantized, they cost the bundled model 0.56 pt)."""
+    _, path = src
+    out = variant_path(path, kind)
+    if not out.exists():
+        build_variant(kind, path, out, VariantConfig(calibration_texts=tuple(review_texts[:32]), max_length=512))
+    byte_side = byte_side_matmuls(onnx.load(str(path)))
+    assert len(byte_side) == 2 and all("/encoder/cross_attention/" in n for n in byte_side)
+    q = onnx.load(str(out)).graph
+    float_weights = {i.name for i in q.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    kept = {n.name: n for n in q.node}
+    for name in byte_side:  # still a MatMul, fed its float weight directly (no DequantizeLinear in between)
+        assert kept[name].op_type == "MatMul" and any(i in float_weights for i in kept[name].input)
+    quantized = {"MatMulInteger", "DynamicQuantizeMatMul"} if kind == "int8" else {"DequantizeLinear"}
+    assert any(n.op_type in quantized for n in q.node)  # and the rest was quantized
 
 
 def test_optimized_reports_fusions(src):
