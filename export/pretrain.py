@@ -188,11 +188,11 @@ def pretrain(cfg: PretrainConfig) -> dict:
     """Masked-byte pretraining; saves the best PerceiverForMaskedLM to cfg.out and returns metrics."""
     from .train import _device
 
+    device = _device(cfg.device)  # a bad --device is refused before anything is written
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoint"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    device = _device(cfg.device)
     say_precision(device, cfg.bf16)
     texts = load_texts(cfg.data, cfg)
     order0 = np.random.default_rng(cfg.seed).permutation(len(texts))

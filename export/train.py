@@ -109,7 +109,13 @@ def split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise InputError(f"--device {name}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: torch {torch.__version__} sees no CUDA GPU here; use --device cpu (or auto)")
+    return device
 
 
 @torch.no_grad()
@@ -172,11 +178,11 @@ class DenseMemo:
 
 def train(cfg: TrainConfig) -> dict:
     """Train and save the best model to cfg.out; returns the metrics written to metrics.json."""
+    device = _device(cfg.device)  # a bad --device is refused before anything is written
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoint"
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    device = _device(cfg.device)
     say_precision(device, cfg.bf16)
     id2label = dict(enumerate(cfg.labels)) if cfg.labels else IMDB_LABELS
 

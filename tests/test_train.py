@@ -173,3 +173,18 @@ def test_attention_dropout_flag_is_saved_and_checked(tmp_path, labelled, capsys)
     assert json.loads((out / "metrics.json").read_text())["config"]["attention_dropout"] == 0.0
     assert train_main([str(labelled), "--out", str(out), "--attention-dropout", "1.5", *TINY]) == 2
     assert "--attention-dropout 1.5: a probability in [0, 1)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main", ["train", "pretrain"])
+def test_a_device_torch_cannot_use_is_refused_before_anything_is_written(tmp_path, labelled, capsys, monkeypatch, main):
+    from pcv.export.cli import pretrain_main
+
+    run = train_main if main == "train" else pretrain_main
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this CPU-only machine
+    out = tmp_path / "o"
+    assert run([str(labelled), "--out", str(out), "--device", "cuda", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda: torch" in err and "sees no CUDA GPU" in err
+    assert not out.exists()
+    assert run([str(labelled), "--out", str(out), "--device", "tpu0", *TINY]) == 2
+    assert "--device tpu0:" in capsys.readouterr().err and not out.exists()
