@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="texts per session.run (default: 1 on cpu, 64 on cuda/tensorrt)")
     p.add_argument("--max-tokens", type=int, default=65_536, help="padded tokens per session.run")
     p.add_argument("--window", type=int, default=4096, help="records length-sorted together")
+    p.add_argument("--long-text", choices=["head", "head-tail"], default="head",
+                   help="texts longer than the model reads: classify their first max_length tokens (head, the "
+                        "default), or also their last ones and average the two (head-tail: one more run per long text)")
     p.add_argument("--format", choices=["jsonl", "csv", "txt"], help="input format (default: from the suffix; stdin: jsonl)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--id-field", default="id")
@@ -114,7 +117,8 @@ def _run(args: argparse.Namespace) -> int:
         # activation scales per batch), and a resumed run must give the uninterrupted run's answers.
         options = {"text_field": args.text_field, "id_field": args.id_field, "format": args.format,
                    "errors": os.path.abspath(errors_path), "batch_size": engine.batch_size,
-                   "max_tokens": args.max_tokens, "window": args.window, "max_line_bytes": args.max_line_bytes}
+                   "max_tokens": args.max_tokens, "window": args.window, "max_line_bytes": args.max_line_bytes,
+                   "long_text": args.long_text}
         fp = rs.fingerprint(args.inputs, model_path, options)
         state = rs.load_state(args.output) if args.resume else None
         if args.resume and state is None:
@@ -159,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
 
         bar = tqdm(unit="rec", file=sys.stderr, desc="pcv-batch", mininterval=0.5)
     cfg = PipelineConfig(plan=BatchPlan(batch_size=engine.batch_size, max_tokens=args.max_tokens), window=args.window,
-                         concurrent_runs=engine.concurrent_runs)
+                         concurrent_runs=engine.concurrent_runs, long_text=args.long_text)
 
     def commit(done: int, complete: bool = False) -> None:
         out.flush(durable=True)

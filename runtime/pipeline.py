@@ -30,6 +30,9 @@ class PipelineConfig:
     # session.run calls in flight at once (threads; onnxruntime releases the GIL). With 1 intra-op
     # thread each this trades intra-op parallelism for batch parallelism; pcv-bench --engine measures it.
     concurrent_runs: int = 1
+    # Texts longer than the model reads: "head" classifies their first max_length tokens; "head-tail"
+    # also their last ones and averages the two windows' probabilities (one more run per long text).
+    long_text: str = "head"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +45,22 @@ class Result:
 Batch = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]  # (idx, ids, mask)
 
 
+LONG_TEXT = ("head", "head-tail")
+
+
 @dataclass
 class _Window:
     records: list[Record]
     good: list[int]  # positions in `records` with text
     batches: list[Batch]
     truncated: npt.NDArray[np.bool_]  # (len(good),)
+    tails: npt.NDArray[np.int64]  # good texts also read from their end (head-tail); their tail windows follow the heads
+
+
+def tail_text(text: str, max_length: int) -> str:
+    """The end of `text` that fits max_length tokens with [CLS]/[SEP]: its last max_length - 2 UTF-8
+    bytes, less a character cut in two at the start."""
+    return text.encode("utf-8", "surrogatepass")[-(max_length - 2):].decode("utf-8", "ignore")
 
 
 def plan_and_tokenize(
@@ -63,12 +76,16 @@ def plan_and_tokenize(
     return batches, byte_lengths
 
 
-def _prepare(records: list[Record], tok: PerceiverByteTokenizer, max_length: int, plan: BatchPlan) -> _Window:
+def _prepare(records: list[Record], tok: PerceiverByteTokenizer, max_length: int, plan: BatchPlan,
+             long_text: str = "head") -> _Window:
     good = [i for i, r in enumerate(records) if r.text is not None]
     texts: list[str] = [records[i].text for i in good]  # type: ignore[misc]
-    batches, byte_lengths = plan_and_tokenize(texts, max_length=max_length, plan=plan, tok=tok)
     # a text is truncated when it had more bytes (with specials) than max_length allows
-    return _Window(records, good, batches, byte_lengths + 2 > max_length)
+    truncated = np.fromiter((len(t.encode("utf-8")) + 2 > max_length for t in texts), bool, len(texts))
+    tails = np.flatnonzero(truncated) if long_text == "head-tail" else np.zeros(0, np.int64)
+    batches, _ = plan_and_tokenize(texts + [tail_text(texts[k], max_length) for k in tails], max_length=max_length,
+                                   plan=plan, tok=tok)
+    return _Window(records, good, batches, truncated, tails)
 
 
 def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: PipelineConfig = PipelineConfig()) -> Iterator[Result]:
@@ -77,6 +94,8 @@ def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: Pipeli
     >>> for res in classify_records(read_records("reviews.jsonl"), OnnxClassifier(path)):  # doctest: +SKIP
     ...     print(res.record.id, res.probs)
     """
+    if cfg.long_text not in LONG_TEXT:
+        raise ValueError(f"long_text {cfg.long_text!r}: one of {LONG_TEXT}")
     tok = PerceiverByteTokenizer(model_max_length=clf.info.max_length)
     q: queue.Queue = queue.Queue(maxsize=cfg.prefetch)
     stop = threading.Event()
@@ -89,7 +108,7 @@ def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: Pipeli
                 chunk = list(islice(it, cfg.window))
                 if not chunk:
                     break
-                item = _prepare(chunk, tok, clf.info.max_length, cfg.plan)
+                item = _prepare(chunk, tok, clf.info.max_length, cfg.plan, cfg.long_text)
                 while not stop.is_set():
                     try:
                         q.put(item, timeout=0.1)
@@ -114,9 +133,11 @@ def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: Pipeli
                 break
             if isinstance(item, BaseException):
                 raise item
-            probs = np.zeros((len(item.good), len(clf.info.id2label)), dtype=np.float32)
+            n = len(item.good)
+            probs = np.zeros((n + len(item.tails), len(clf.info.id2label)), dtype=np.float32)
             for (idx, _, _), p in zip(item.batches, pool.map(run, item.batches) if pool else map(run, item.batches)):
                 probs[idx] = p
+            probs[item.tails] = (probs[item.tails] + probs[n:]) / 2  # head-tail: the mean of both windows
             slot = {pos: k for k, pos in enumerate(item.good)}
             for pos, rec in enumerate(item.records):
                 k = slot.get(pos)

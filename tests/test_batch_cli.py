@@ -137,3 +137,46 @@ def test_engine_settings_do_not_change_predictions(tmp_path, tiny_dir, review_te
     got, want = _read(out), _read(ref)
     assert [g["id"] for g in got] == list(range(50)) and [g["label"] for g in got] == [w["label"] for w in want]
     np.testing.assert_allclose([g["score"] for g in got], [w["score"] for w in want], atol=1e-5)
+
+
+def test_head_tail_averages_the_first_and_last_window_of_long_texts(tmp_path, review_texts):
+    """On the bundled model (a tiny untrained one gives nearly the same probabilities for any text)."""
+    from pcv.runtime.pipeline import tail_text
+
+    n = 2048
+    texts = [t for t in review_texts if len(t.encode()) + 2 > n][:4] + review_texts[:4] + ["é" * 1500 + "x"]
+    long = [len(t.encode()) + 2 > n for t in texts]  # the last one: 2-byte characters, the tail cut lands inside one
+    assert sum(long) == 5
+    src = _jsonl(tmp_path / "in.jsonl", [{"id": i, "text": t} for i, t in enumerate(texts)])
+    head, both = tmp_path / "head.jsonl", tmp_path / "both.jsonl"
+    assert main([src, "-o", str(head), "-q"]) == 0
+    assert main([src, "-o", str(both), "--long-text", "head-tail", "-q"]) == 0
+    head, both = _read(head), _read(both)
+    clf, tok = OnnxClassifier(default_model_path()), PerceiverByteTokenizer()
+
+    def probs(text):  # one window, as the model reads it
+        enc = tok([text], max_length=n, truncation=True, padding="longest")
+        return softmax(clf.logits(enc.input_ids, enc.attention_mask))[0]
+
+    moved = []
+    for t, is_long, h, b in zip(texts, long, head, both):
+        assert b.get("truncated", False) == h.get("truncated", False) == is_long  # the middle is still not read
+        got, before = (np.array([x["probs"]["neg"], x["probs"]["pos"]]) for x in (b, h))
+        if is_long:
+            tail = tail_text(t, n)
+            assert t.endswith(tail) and n - 3 <= len(tail.encode()) <= n - 2
+            want = (probs(t) + probs(tail)) / 2
+            moved.append(np.abs(probs(t) - want).max())
+            np.testing.assert_allclose(got, want, atol=2e-6)  # (the output has 6 decimals)
+        else:  # texts that fit are read as before
+            np.testing.assert_allclose(got, before, atol=2e-6)
+    assert max(moved) > 0.01  # the tail windows changed answers: the check above can tell the two apart
+
+
+def test_long_text_is_part_of_the_resume_fingerprint(tmp_path, tiny_dir, review_texts, capsys):
+    src = _jsonl(tmp_path / "in.jsonl", [{"text": t} for t in review_texts[:10]])
+    out = tmp_path / "o.jsonl"
+    assert main([src, "-o", str(out), "--model", str(tiny_dir), "-q"]) == 0
+    # finished with head: resuming it as head-tail would mix two readings in one file
+    assert main([src, "-o", str(out), "--model", str(tiny_dir), "--long-text", "head-tail", "--resume", "-q"]) == 2
+    assert "long_text" in capsys.readouterr().err
