@@ -209,11 +209,11 @@ def train(cfg: TrainConfig) -> dict:
         def build() -> dict[str, np.ndarray]:
             cv, other, probe = teacher_probs(tr_texts, tr_labels, va_texts + unl, num_labels=num_labels, seed=cfg.seed,
                                              probe_texts=seen)
-            out = {"cv": cv, "other": other, "probe": probe}
+            arrays = {"cv": cv, "other": other, "probe": probe}
             if cfg.dense_weight > 0:
                 ww = word_weights(tr_texts, tr_labels)
-                out |= {"words": np.array(list(ww), dtype=str), "weights": np.array(list(ww.values()), np.float32)}
-            return out
+                arrays |= {"words": np.array(list(ww), dtype=str), "weights": np.array(list(ww.values()), np.float32)}
+            return arrays
 
         key = fingerprint(tr_texts + va_texts + unl + seen, tr_labels, va_labels,
                           settings=("ngram-1", num_labels, cfg.seed, len(tr_texts), len(va_texts), cfg.dense_weight > 0))
