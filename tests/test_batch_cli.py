@@ -144,7 +144,9 @@ def test_head_tail_averages_the_first_and_last_window_of_long_texts(tmp_path, re
     from pcv.runtime.pipeline import tail_text
 
     n = 2048
-    texts = [t for t in review_texts if len(t.encode()) + 2 > n][:4] + review_texts[:4] + ["é" * 1500 + "x"]
+    fits = [len(t.encode()) + 2 <= n for t in review_texts]
+    texts = ([t for t, f in zip(review_texts, fits) if not f][:4] + [t for t, f in zip(review_texts, fits) if f][:4]
+             + ["é" * 1500 + "x"])
     long = [len(t.encode()) + 2 > n for t in texts]  # the last one: 2-byte characters, the tail cut lands inside one
     assert sum(long) == 5
     src = _jsonl(tmp_path / "in.jsonl", [{"id": i, "text": t} for i, t in enumerate(texts)])
