@@ -194,6 +194,31 @@ def train(cfg: TrainConfig) -> dict:
     va_texts, va_labels = [texts[i] for i in va], labels[va]
     num_labels = len(id2label)
 
+    # The model first: a bad --init-from or --grow-layers is refused before the teacher is fitted.
+    if cfg.init_from:
+        model = load_classifier(cfg.init_from).float()  # train in fp32 whatever the file holds
+        if model.config.num_labels != num_labels:
+            raise InputError(f"{cfg.init_from}: has {model.config.num_labels} labels, the data has {num_labels}")
+        if cfg.max_length > (old := model.config.max_position_embeddings):
+            extend_positions(model, cfg.max_length)
+            print(f"{cfg.init_from}: {old} positions extended to {cfg.max_length} (learned position embeddings repeated "
+                  f"every {position_period(model.config)}; texts that fit the old length give the same logits)", flush=True)
+        if cfg.grow_layers and cfg.grow_layers != (old := model.config.num_self_attends_per_block):
+            if cfg.grow_layers < old:
+                raise InputError(f"{cfg.init_from}: has {old} self-attention layers; --grow-layers {cfg.grow_layers} "
+                                 "can only add layers")
+            add_layers(model, cfg.grow_layers)
+            print(f"{cfg.init_from}: {old} self-attention layers grown to {cfg.grow_layers} (new layers start as the "
+                  "identity: same logits)", flush=True)
+    elif cfg.grow_layers:
+        raise ValueError("grow_layers deepens a trained model: give init_from too")
+    else:
+        model = PerceiverForSequenceClassification(build_config(cfg.size, id2label))
+        if cfg.init == "patch":
+            patch_init(model)
+        elif cfg.init != "default":
+            raise ValueError(f"init {cfg.init!r}: use 'patch' or 'default'")
+
     # Targets: soft distributions (N, C). Without a teacher they are one-hot.
     targets = np.eye(num_labels, dtype=np.float32)[tr_labels]
     pool = list(tr_texts)
@@ -233,29 +258,6 @@ def train(cfg: TrainConfig) -> dict:
     elif cfg.teacher != "none":
         raise ValueError(f"teacher {cfg.teacher!r}: use 'none' or 'ngram'")
 
-    if cfg.init_from:
-        model = load_classifier(cfg.init_from).float()  # train in fp32 whatever the file holds
-        if model.config.num_labels != num_labels:
-            raise InputError(f"{cfg.init_from}: has {model.config.num_labels} labels, the data has {num_labels}")
-        if cfg.max_length > (old := model.config.max_position_embeddings):
-            extend_positions(model, cfg.max_length)
-            print(f"{cfg.init_from}: {old} positions extended to {cfg.max_length} (learned position embeddings repeated "
-                  f"every {position_period(model.config)}; texts that fit the old length give the same logits)", flush=True)
-        if cfg.grow_layers and cfg.grow_layers != (old := model.config.num_self_attends_per_block):
-            if cfg.grow_layers < old:
-                raise InputError(f"{cfg.init_from}: has {old} self-attention layers; --grow-layers {cfg.grow_layers} "
-                                 "can only add layers")
-            add_layers(model, cfg.grow_layers)
-            print(f"{cfg.init_from}: {old} self-attention layers grown to {cfg.grow_layers} (new layers start as the "
-                  "identity: same logits)", flush=True)
-    elif cfg.grow_layers:
-        raise ValueError("grow_layers deepens a trained model: give init_from too")
-    else:
-        model = PerceiverForSequenceClassification(build_config(cfg.size, id2label))
-        if cfg.init == "patch":
-            patch_init(model)
-        elif cfg.init != "default":
-            raise ValueError(f"init {cfg.init!r}: use 'patch' or 'default'")
     model.config.id2label = id2label
     model.config.label2id = {v: k for k, v in id2label.items()}
     if cfg.attention_dropout is not None:
