@@ -74,9 +74,10 @@ def cached(path: str | Path | None, key: str, build: Callable[[], dict[str, np.n
         print(f"teacher: {path} was made from other data or settings: fitted again and replaced", flush=True)
     arrays = build()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".tmp"), "wb") as f:  # np.savez would add .npz to a bare name
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:  # np.savez would add .npz to a bare name
         np.savez(f, key=np.array(key), **arrays)
-    path.with_name(path.name + ".tmp").replace(path)
+    tmp.replace(path)
     return arrays
 
 

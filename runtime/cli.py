@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from .batching import BatchPlan
 from .errors import PcvError
-from .pipeline import PipelineConfig, classify_records
+from .pipeline import LONG_TEXT, PipelineConfig, classify_records
 from .readers import ReaderConfig, Record, detect_format, read_records
 from .session import OnnxClassifier, SessionConfig, plan_engine, resolve_model
 from .writer import LazyFile, error_line, prediction_line
@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="texts per session.run (default: 1 on cpu, 64 on cuda/tensorrt)")
     p.add_argument("--max-tokens", type=int, default=65_536, help="padded tokens per session.run")
     p.add_argument("--window", type=int, default=4096, help="records length-sorted together")
-    p.add_argument("--long-text", choices=["head", "head-tail"], default="head",
+    p.add_argument("--long-text", choices=LONG_TEXT, default="head",
                    help="texts longer than the model reads: classify their first max_length tokens (head, the "
                         "default), or also their last ones and average the two (head-tail: one more run per long text)")
     p.add_argument("--format", choices=["jsonl", "csv", "txt"], help="input format (default: from the suffix; stdin: jsonl)")

@@ -63,12 +63,19 @@ def tail_text(text: str, max_length: int) -> str:
     return text.encode("utf-8", "surrogatepass")[-(max_length - 2):].decode("utf-8", "ignore")
 
 
+def _byte_lengths(texts: list[str]) -> npt.NDArray[np.int64]:
+    return np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
+
+
 def plan_and_tokenize(
-    texts: list[str], *, max_length: int, plan: BatchPlan, tok: PerceiverByteTokenizer | None = None
+    texts: list[str], *, max_length: int, plan: BatchPlan, tok: PerceiverByteTokenizer | None = None,
+    byte_lengths: npt.NDArray[np.int64] | None = None,
 ) -> tuple[list[Batch], npt.NDArray[np.int64]]:
-    """Length-sorted batches of `texts`, tokenized; also returns each text's UTF-8 byte length."""
+    """Length-sorted batches of `texts`, tokenized; also returns each text's UTF-8 byte length
+    (computed here unless the caller already has them)."""
     tok = tok or PerceiverByteTokenizer(model_max_length=max_length)
-    byte_lengths = np.fromiter((len(t.encode("utf-8")) for t in texts), dtype=np.int64, count=len(texts))
+    if byte_lengths is None:
+        byte_lengths = _byte_lengths(texts)
     batches = []
     for idx in plan_batches(np.minimum(byte_lengths + 2, max_length), plan):
         enc = tok([texts[i] for i in idx], max_length=max_length, truncation=True, padding="longest")
@@ -80,11 +87,13 @@ def _prepare(records: list[Record], tok: PerceiverByteTokenizer, max_length: int
              long_text: str = "head") -> _Window:
     good = [i for i, r in enumerate(records) if r.text is not None]
     texts: list[str] = [records[i].text for i in good]  # type: ignore[misc]
+    byte_lengths = _byte_lengths(texts)
     # a text is truncated when it had more bytes (with specials) than max_length allows
-    truncated = np.fromiter((len(t.encode("utf-8")) + 2 > max_length for t in texts), bool, len(texts))
+    truncated = byte_lengths + 2 > max_length
     tails = np.flatnonzero(truncated) if long_text == "head-tail" else np.zeros(0, np.int64)
-    batches, _ = plan_and_tokenize(texts + [tail_text(texts[k], max_length) for k in tails], max_length=max_length,
-                                   plan=plan, tok=tok)
+    tail_texts = [tail_text(texts[k], max_length) for k in tails]
+    batches, _ = plan_and_tokenize(texts + tail_texts, max_length=max_length, plan=plan, tok=tok,
+                                   byte_lengths=np.concatenate([byte_lengths, _byte_lengths(tail_texts)]))
     return _Window(records, good, batches, truncated, tails)
 
 
