@@ -27,6 +27,7 @@ from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
 from pcv.runtime.tokenizer import MASK, token_lengths
 
+from .fastattn import use_fused_attention
 from .loop import bf16_autocast, record_eval, run_steps, say_precision, start
 from .modeling import ModelSize, _sinusoids, build_config, patch_init, set_attention_dropout
 
@@ -60,6 +61,7 @@ class PretrainConfig:
     group_by_length: bool = True  # batches of similar lengths (loop.group_by_length): less padding
     limit: int | None = None  # use only the first N texts (quick runs, tests)
     attention_dropout: float | None = None  # None: the config's (0.1); 0 makes CPU steps much faster
+    fused_attention: bool = True  # train through torch's scaled_dot_product_attention (fastattn), as pcv-train
 
 
 def span_mask(ids: npt.NDArray[np.int64], mask: npt.NDArray[np.int64], rng: np.random.Generator, *,
@@ -202,6 +204,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     model = build_mlm(cfg).to(device).train()
     if cfg.attention_dropout is not None:
         set_attention_dropout(model, cfg.attention_dropout)
+    if cfg.fused_attention:  # encoder and MLM decoder alike; the saved weights are the stock modules'
+        use_fused_attention(model)
     opt, ckpt, state, total_steps, steps_per_epoch, lr = start(
         model, pool_size=len(pool), batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
         warmup=cfg.warmup_steps, max_minutes=cfg.max_minutes, ckpt_dir=ckpt_dir, device=device)

@@ -94,3 +94,29 @@ def test_pretrain_attention_dropout_flag_is_saved_and_checked(tmp_path, review_t
     assert PerceiverConfig.from_pretrained(out).attention_probs_dropout_prob == 0.0
     assert pretrain_main([*args, "--attention-dropout", "-0.1"]) == 2
     assert "--attention-dropout -0.1: a probability in [0, 1)" in capsys.readouterr().err
+
+
+def test_fused_attention_gives_the_mlm_its_stock_logits_and_gradients():
+    import copy
+
+    from pcv.export.fastattn import use_fused_attention
+    from pcv.export.pretrain import build_mlm
+
+    torch.manual_seed(0)
+    cfg = PretrainConfig(data=(), out="", size=ModelSize(num_latents=16, d_latents=64, d_model=64, num_layers=2,
+                                                         self_heads=4, cross_heads=8, max_length=128), max_length=128)
+    stock = build_mlm(cfg).eval()
+    fused = copy.deepcopy(stock)
+    assert use_fused_attention(fused) == 4  # cross-attention, 2 self-attention layers, the MLM decoder's cross-attention
+    x = torch.randint(6, 262, (3, 128))
+    mask = torch.ones(3, 128, dtype=torch.long)
+    mask[1, 40:] = 0
+    outs = []
+    for m in (stock, fused):
+        m.zero_grad()
+        logits = m(inputs=x, attention_mask=mask).logits
+        logits[:, :100].sum().backward()
+        outs.append((logits.detach(), m.perceiver.decoder.output_position_encodings.position_embeddings.grad.clone(),
+                     m.perceiver.input_preprocessor.embeddings.weight.grad.clone()))
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, atol=1e-4)
