@@ -94,6 +94,20 @@ def load_labelled(paths: tuple[str, ...], cfg: TrainConfig) -> tuple[list[str], 
     return texts, np.array(labels, dtype=np.int64)
 
 
+def check_label_counts(tr_labels: np.ndarray, id2label: dict[int, str], cfg: TrainConfig, folds: int = 5) -> None:
+    """Refuse training data a classifier (or the teacher's cross-validation) cannot learn from,
+    before anything is fitted: one label only, or with --teacher ngram, a label under `folds` examples."""
+    counts = np.bincount(tr_labels, minlength=len(id2label))
+    have = ", ".join(f"{id2label[i]!r} {n}" for i, n in enumerate(counts))
+    hint = f" (--limit {cfg.limit} keeps the first records: is the file sorted by label?)" if cfg.limit else ""
+    if (counts > 0).sum() < 2:
+        raise InputError(f"{', '.join(cfg.data)}: the training part has one label only ({have}); "
+                         f"a classifier needs examples of at least two{hint}")
+    if cfg.teacher == "ngram" and counts.min() < folds:
+        raise InputError(f"{', '.join(cfg.data)}: the n-gram teacher's {folds}-fold cross-validation needs at least "
+                         f"{folds} training examples of every label ({have}){hint}; or --teacher none")
+
+
 def load_unlabelled(paths: tuple[str, ...], cfg: TrainConfig) -> list[str]:
     rc = ReaderConfig(text_field=cfg.text_field, id_field=None)
     return [r.text for p in paths for r in read_records(p, rc) if r.text is not None]
@@ -193,6 +207,7 @@ def train(cfg: TrainConfig) -> dict:
     tr_texts, tr_labels = [texts[i] for i in tr], labels[tr]
     va_texts, va_labels = [texts[i] for i in va], labels[va]
     num_labels = len(id2label)
+    check_label_counts(tr_labels, id2label, cfg)
 
     # The model first: a bad --init-from or --grow-layers is refused before the teacher is fitted.
     if cfg.init_from:

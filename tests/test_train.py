@@ -188,3 +188,25 @@ def test_a_device_torch_cannot_use_is_refused_before_anything_is_written(tmp_pat
     assert not out.exists()
     assert run([str(labelled), "--out", str(out), "--device", "tpu0", *TINY]) == 2
     assert "--device tpu0:" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("teacher", ["none", "ngram"])
+def test_one_label_only_is_refused_with_the_file_and_a_hint(tmp_path, reviews, capsys, teacher):
+    p = tmp_path / "sorted.jsonl"  # sorted by label, as IMDB's train file is: --limit keeps negatives only
+    rows = sorted(({"text": r["text"], "label": ["neg", "pos"][r["label"]]} for r in reviews[:48]), key=lambda r: r["label"])
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "m"
+    assert train_main([str(p), "--out", str(out), "--limit", "20", "--teacher", teacher, *TINY]) == 2
+    err = capsys.readouterr().err
+    assert str(p) in err and "one label only" in err and "'pos' 0" in err and "--limit 20" in err
+
+
+def test_the_teacher_needs_five_examples_of_each_label(tmp_path, reviews, capsys):
+    p = tmp_path / "few.jsonl"
+    neg = [r for r in reviews if r["label"] == 0][:20]
+    pos = [r for r in reviews if r["label"] == 1][:3]
+    p.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in neg + pos), encoding="utf-8")
+    args = [str(p), "--out", str(tmp_path / "m"), "--val-fraction", "0.01", *TINY]
+    assert train_main([*args, "--teacher", "ngram"]) == 2
+    assert "5-fold cross-validation needs at least 5 training examples of every label" in capsys.readouterr().err
+    assert train_main([*args, "--teacher", "none", "--epochs", "1"]) == 0  # without the teacher three are enough
