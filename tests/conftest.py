@@ -18,14 +18,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tes
 
 def _load_reviews(limit: int) -> list[dict]:
     if SHARED_IMDB.is_file():
-        rows = []
         with gzip.open(SHARED_IMDB, "rt", encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if i % 97 == 0:  # spread over both labels (the file is sorted by label)
-                    rows.append(json.loads(line))
-                if len(rows) >= limit:
-                    break
-        return rows
+            rows = [json.loads(line) for i, line in enumerate(f) if i % 97 == 0]  # spread over the whole file
+        # the file is sorted by label: alternate them, as the repo's fixture mixes them, so that the first
+        # N reviews hold both labels whichever source the tests read
+        by_label = [[r for r in rows if r["label"] == k] for k in (0, 1)]
+        return [r for pair in zip(*by_label) for r in pair][:limit]
     return [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines()][:limit]
 
 
