@@ -51,7 +51,7 @@ class Row:
 
 def _batches(texts: list[str], max_length: int, batch_size: int) -> list[Batch]:
     plan = BatchPlan(batch_size=batch_size, max_tokens=batch_size * max_length)
-    return plan_and_tokenize(texts, max_length=max_length, plan=plan)[0]
+    return plan_and_tokenize(texts, max_length=max_length, plan=plan)
 
 
 @torch.no_grad()

@@ -70,9 +70,8 @@ def _byte_lengths(texts: list[str]) -> npt.NDArray[np.int64]:
 def plan_and_tokenize(
     texts: list[str], *, max_length: int, plan: BatchPlan, tok: PerceiverByteTokenizer | None = None,
     byte_lengths: npt.NDArray[np.int64] | None = None,
-) -> tuple[list[Batch], npt.NDArray[np.int64]]:
-    """Length-sorted batches of `texts`, tokenized; also returns each text's UTF-8 byte length
-    (computed here unless the caller already has them)."""
+) -> list[Batch]:
+    """Length-sorted batches of `texts`, tokenized (`byte_lengths`: their UTF-8 lengths, if the caller has them)."""
     tok = tok or PerceiverByteTokenizer(model_max_length=max_length)
     if byte_lengths is None:
         byte_lengths = _byte_lengths(texts)
@@ -80,7 +79,7 @@ def plan_and_tokenize(
     for idx in plan_batches(np.minimum(byte_lengths + 2, max_length), plan):
         enc = tok([texts[i] for i in idx], max_length=max_length, truncation=True, padding="longest")
         batches.append((idx, enc.input_ids, enc.attention_mask))
-    return batches, byte_lengths
+    return batches
 
 
 def _prepare(records: list[Record], tok: PerceiverByteTokenizer, max_length: int, plan: BatchPlan,
@@ -92,8 +91,8 @@ def _prepare(records: list[Record], tok: PerceiverByteTokenizer, max_length: int
     truncated = byte_lengths + 2 > max_length
     tails = np.flatnonzero(truncated) if long_text == "head-tail" else np.zeros(0, np.int64)
     tail_texts = [tail_text(texts[k], max_length) for k in tails]
-    batches, _ = plan_and_tokenize(texts + tail_texts, max_length=max_length, plan=plan, tok=tok,
-                                   byte_lengths=np.concatenate([byte_lengths, _byte_lengths(tail_texts)]))
+    batches = plan_and_tokenize(texts + tail_texts, max_length=max_length, plan=plan, tok=tok,
+                                byte_lengths=np.concatenate([byte_lengths, _byte_lengths(tail_texts)]))
     return _Window(records, good, batches, truncated, tails)
 
 
