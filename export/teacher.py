@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+FOLDS = 5  # cross-validation folds for the teacher's probabilities on its own training texts
+
 
 def teacher_probs(
     train_texts: list[str],
@@ -22,7 +24,7 @@ def teacher_probs(
     other_texts: list[str],
     *,
     num_labels: int,
-    folds: int = 5,
+    folds: int = FOLDS,
     seed: int = 0,
     probe_texts: Sequence[str] = (),
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:

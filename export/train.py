@@ -94,9 +94,10 @@ def load_labelled(paths: tuple[str, ...], cfg: TrainConfig) -> tuple[list[str], 
     return texts, np.array(labels, dtype=np.int64)
 
 
-def check_label_counts(tr_labels: np.ndarray, id2label: dict[int, str], cfg: TrainConfig, folds: int = 5) -> None:
+def check_label_counts(tr_labels: np.ndarray, id2label: dict[int, str], cfg: TrainConfig) -> None:
     """Refuse training data a classifier (or the teacher's cross-validation) cannot learn from,
-    before anything is fitted: one label only, or with --teacher ngram, a label under `folds` examples."""
+    before anything is fitted: one label only, or with --teacher ngram, a label under teacher.FOLDS examples."""
+    from .teacher import FOLDS as folds
     counts = np.bincount(tr_labels, minlength=len(id2label))
     have = ", ".join(f"{id2label[i]!r} {n}" for i, n in enumerate(counts))
     hint = f" (--limit {cfg.limit} keeps the first records: is the file sorted by label?)" if cfg.limit else ""
