@@ -75,7 +75,11 @@ def train_main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("data", nargs="+", help="labelled JSONL or CSV files (.gz ok)")
-    p.add_argument("--out", required=True, help="output model dir; rerun the same command to resume")
+    p.add_argument("--out", help="output model dir; rerun the same command to resume (required unless --write-split)")
+    p.add_argument("--write-split", metavar="DIR",
+                   help="write the seeded split instead of training: DIR/train.jsonl and DIR/val.jsonl, and with "
+                        "--val-limit DIR/val-sample.jsonl (what a run selects on) and DIR/val-rest.jsonl (the rest); "
+                        "labels as names, each record's index in the data kept")
     p.add_argument("--init-from", help="pretrained HF dir or hub id (default: a fresh model sized by the flags below)")
     p.add_argument("--init", choices=["patch", "default"], default="patch", help="initialisation of a fresh model")
     p.add_argument("--grow-layers", type=int, metavar="N",
@@ -100,22 +104,28 @@ def train_main(argv: list[str] | None = None) -> int:
                         "as the model if it beats the best single step (default 0: off)")
     _add_run_flags(p, lr=5e-5, warmup=200, epochs=3.0, eval_every=500, limit_help="use only the first N labelled records")
     a = p.parse_args(argv)
+    if not (a.out or a.write_split):
+        p.error("the following arguments are required: --out (or --write-split DIR)")
     if a.average_last < 0 or a.average_last == 1:
         return _fail(f"--average-last {a.average_last}: 0 (off) or the number of checkpoints to average, at least 2")
     if bad := _check_run_args(a):
         return _fail(bad)
     if a.grow_layers is not None and (a.init_from is None or a.grow_layers < 1):
         return _fail(f"--grow-layers {a.grow_layers}: deepens a trained model to N >= 1 layers; give --init-from too")
-    from .train import TrainConfig, train
+    from .train import TrainConfig, train, write_split
 
     cfg = TrainConfig(
-        data=tuple(a.data), out=a.out, init_from=a.init_from, grow_layers=a.grow_layers, init=a.init,
+        data=tuple(a.data), out=a.out or "", init_from=a.init_from, grow_layers=a.grow_layers, init=a.init,
         size=_size(a), text_field=a.text_field, label_field=a.label_field, labels=tuple(a.labels.split(",")),
         unlabelled=tuple(a.unlabelled), teacher=a.teacher, teacher_cache=a.teacher_cache, distill_weight=a.distill_weight,
         dense_weight=a.dense_weight,
         val_fraction=a.val_fraction, val_limit=a.val_limit, average_last=a.average_last, **_run_args(a),
     )
     try:
+        if a.write_split:
+            counts = write_split(cfg, a.write_split)
+            print(", ".join(f"{a.write_split}/{name}.jsonl {n:,}" for name, n in counts.items()))
+            return 0
         m = train(cfg)
     except PcvError as e:
         return _fail(str(e))

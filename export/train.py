@@ -18,6 +18,7 @@ import torch
 from transformers import PerceiverForSequenceClassification
 
 from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
+from pcv.runtime.readers import label_index
 from pcv.runtime.errors import InputError
 from pcv.runtime.tokenizer import text_as_read, token_lengths
 
@@ -65,16 +66,10 @@ class TrainConfig:
 
 
 def _label_id(raw: object, names: tuple[str, ...], where: str) -> int:
-    if isinstance(raw, bool):
-        raise InputError(f"{where}: label {raw!r} is a boolean; use an id or one of {list(names)}")
-    if isinstance(raw, int) or (isinstance(raw, str) and raw.strip().lstrip("-").isdigit()):
-        i = int(raw)
-        if not 0 <= i < len(names):
-            raise InputError(f"{where}: label id {i} is out of range 0..{len(names) - 1}")
-        return i
-    if isinstance(raw, str) and raw in names:
-        return names.index(raw)
-    raise InputError(f"{where}: label {raw!r} is neither an id nor one of {list(names)}")
+    i, why = label_index(raw, names)
+    if i is None:
+        raise InputError(f"{where}: {why}")
+    return i
 
 
 def load_labelled(paths: tuple[str, ...], cfg: TrainConfig) -> tuple[list[str], np.ndarray]:
@@ -119,6 +114,36 @@ def split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     perm = np.random.default_rng(seed).permutation(n)
     n_val = max(1, int(round(n * fraction)))
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def val_sample(va: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """The validation texts a run evaluates on: all of them, or with val_limit a seeded sample (not the
+    first N: files are often sorted by label)."""
+    if not cfg.val_limit:
+        return va
+    return np.sort(np.random.default_rng(cfg.seed).permutation(va)[: cfg.val_limit])
+
+
+def write_split(cfg: TrainConfig, dest: str | Path) -> dict[str, int]:
+    """Write the seeded split that train() makes of cfg.data as JSONL (text, label name, index in the data):
+    train.jsonl and val.jsonl, and with val_limit val-sample.jsonl (what a run selects its steps on) and
+    val-rest.jsonl (the validation texts selection never saw). Returns the record count of each file."""
+    texts, labels = load_labelled(cfg.data, cfg)
+    tr, va = split(len(texts), cfg.val_fraction, cfg.seed)
+    parts = {"train": tr, "val": va}
+    if cfg.val_limit:
+        sample = val_sample(va, cfg)
+        parts |= {"val-sample": sample, "val-rest": np.setdiff1d(va, sample)}
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, idx in parts.items():
+        part = dest / f"{name}.jsonl.part"
+        with open(part, "w", encoding="utf-8") as f:
+            for i in idx:
+                f.write(json.dumps({"text": texts[i], "label": cfg.labels[labels[i]], "index": int(i)},
+                                   ensure_ascii=False) + "\n")
+        part.replace(dest / f"{name}.jsonl")
+    return {name: len(idx) for name, idx in parts.items()}
 
 
 def _device(name: str) -> torch.device:
@@ -203,8 +228,7 @@ def train(cfg: TrainConfig) -> dict:
 
     texts, labels = load_labelled(cfg.data, cfg)
     tr, va = split(len(texts), cfg.val_fraction, cfg.seed)
-    if cfg.val_limit:  # a seeded sample, not the first N: files are often sorted by label
-        va = np.sort(np.random.default_rng(cfg.seed).permutation(va)[: cfg.val_limit])
+    va = val_sample(va, cfg)
     tr_texts, tr_labels = [texts[i] for i in tr], labels[tr]
     va_texts, va_labels = [texts[i] for i in va], labels[va]
     num_labels = len(id2label)

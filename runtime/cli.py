@@ -12,8 +12,9 @@ from collections.abc import Iterator
 
 from .batching import BatchPlan
 from .errors import PcvError
-from .pipeline import LONG_TEXT, PipelineConfig, classify_records
-from .readers import ReaderConfig, Record, detect_format, read_records
+from .pipeline import LONG_TEXT, PipelineConfig, Result, classify_records
+from .readers import ReaderConfig, Record, detect_format, label_index, read_records
+from .resume import State
 from .session import OnnxClassifier, SessionConfig, plan_engine, resolve_model
 from .writer import LazyFile, error_line, prediction_line
 
@@ -23,6 +24,7 @@ EPILOG = """examples:
   pcv-batch examples/reviews.jsonl                      # bundled model, predictions to stdout
   pcv-batch reviews.csv.gz -o preds.jsonl --text-field review
   cat reviews.txt | pcv-batch - --format txt --model my.onnx --provider cuda
+  pcv-batch val.jsonl -o preds.jsonl --label-field label  # also the accuracy against the file's labels
 
 exit status: 0 every record classified; 1 some records failed (see the errors file), the rest
 were classified; 2 nothing could run (bad option, unreadable input, unusable model or provider);
@@ -48,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["jsonl", "csv", "txt"], help="input format (default: from the suffix; stdin: jsonl)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--id-field", default="id")
+    p.add_argument("--label-field", help="score the predictions against this field (label names or ids) and "
+                   "print the accuracy; records without it are classified and left out of the score")
     p.add_argument("--max-line-bytes", type=int, default=ReaderConfig().max_line_bytes,
                    help="a longer input line is reported as an error, not read (default: 16 MiB)")
     p.add_argument("--resume", action="store_true",
@@ -60,6 +64,43 @@ def _all_records(inputs: list[str], rc: ReaderConfig) -> Iterator[tuple[str, Rec
     for path in inputs:
         for rec in read_records(path, rc):
             yield path, rec
+
+
+class Score:
+    """Accuracy of the predictions against the records' own labels (pcv-batch --label-field); the counts
+    live in the resume state, so a resumed run scores the whole file."""
+
+    def __init__(self, names: tuple[str, ...], state: State | None) -> None:
+        self.names = names
+        self.scored, self.correct = (state.scored, state.correct) if state else (0, 0)
+        self.unlabelled = 0  # this run only
+        self.unusable = 0
+        self.first_unusable = ""
+
+    def add(self, res: Result, source: str) -> None:
+        raw = res.record.label
+        if raw is None or raw == "":
+            self.unlabelled += 1
+            return
+        gold, why = label_index(raw, self.names)
+        if gold is None:
+            self.unusable += 1
+            self.first_unusable = self.first_unusable or f"{source}: line {res.record.line}: {why}"
+            return
+        self.scored += 1
+        self.correct += int(res.probs.argmax()) == gold
+
+    def summary(self, field: str, resumed: bool) -> str:
+        if not self.scored:
+            msg = f"no record had a usable {field!r} to score against"
+        else:
+            msg = f"accuracy {100 * self.correct / self.scored:.2f} % ({self.correct:,} of {self.scored:,} labelled records)"
+        since = " (since the resume)" if resumed else ""
+        if self.unlabelled:
+            msg += f"; {self.unlabelled:,} without {field!r}{since}, not scored"
+        if self.unusable:
+            msg += f"; {self.unusable:,} with an unusable label{since}, not scored (first: {self.first_unusable})"
+        return msg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"pcv-batch: model has no pcv metadata for {', '.join(info.defaults)}; using defaults", file=sys.stderr)
 
     rc = ReaderConfig(text_field=args.text_field, id_field=args.id_field or None, format=args.format,
-                      max_line_bytes=args.max_line_bytes)
+                      max_line_bytes=args.max_line_bytes, label_field=args.label_field, label_required=False)
     errors_path = args.errors or (f"{args.output}.errors.jsonl" if args.output != "-" else "pcv-errors.jsonl")
     from . import resume as rs
 
@@ -119,6 +160,8 @@ def _run(args: argparse.Namespace) -> int:
                    "errors": os.path.abspath(errors_path), "batch_size": engine.batch_size,
                    "max_tokens": args.max_tokens, "window": args.window, "max_line_bytes": args.max_line_bytes,
                    "long_text": args.long_text}
+        if args.label_field:  # the score carries over a resume (State.scored/correct): same field only
+            options["label_field"] = args.label_field
         fp = rs.fingerprint(args.inputs, model_path, options)
         state = rs.load_state(args.output) if args.resume else None
         if args.resume and state is None:
@@ -157,6 +200,7 @@ def _run(args: argparse.Namespace) -> int:
 
     show = not args.quiet and sys.stderr.isatty()
     n_ok = n_bad = n_trunc = 0
+    score = Score(tuple(info.id2label[i] for i in range(len(info.id2label))), state)
     bar = None
     if show:
         from tqdm import tqdm
@@ -169,6 +213,7 @@ def _run(args: argparse.Namespace) -> int:
         out.flush(durable=True)
         err.flush(durable=True)
         state.records, state.out_bytes, state.err_bytes, state.complete = skip + done, out.size, err.size, complete
+        state.scored, state.correct = score.scored, score.correct
         rs.save_state(args.output, state)
 
     try:
@@ -181,6 +226,8 @@ def _run(args: argparse.Namespace) -> int:
                 n_ok += 1
                 n_trunc += res.truncated
                 out.write_line(prediction_line(res, info.id2label, src if multi else None))
+                if args.label_field:
+                    score.add(res, src)
             if bar is not None:
                 bar.update(1)
             if state is not None and (k + 1) % cfg.window == 0:
@@ -199,6 +246,8 @@ def _run(args: argparse.Namespace) -> int:
     if n_bad:
         msg += f"; errors in {errors_path}"
     print(msg, file=sys.stderr)
+    if args.label_field:
+        print(f"pcv-batch: {score.summary(args.label_field, resumed=bool(skip))}", file=sys.stderr)
     return EXIT_SOME_FAILED if n_bad else EXIT_OK
 
 

@@ -13,7 +13,7 @@ import io
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -34,7 +34,8 @@ class Record:
 class ReaderConfig:
     text_field: str = "text"  # JSONL key / CSV column holding the review
     id_field: str | None = "id"  # optional; records without it get their line number
-    label_field: str | None = None  # only training and pcv-check ask for labels
+    label_field: str | None = None  # training, pcv-check and pcv-batch --label-field ask for labels
+    label_required: bool = True  # False: a JSONL record without the label field is read, its label None
     format: str | None = None  # jsonl | csv | txt; None = from the file suffix
     # A longer line is reported as bad without being held in memory: no review is this long, and
     # the model reads only the first max_length bytes anyway.
@@ -124,6 +125,20 @@ def _field(obj: dict[str, Any], name: str, line: int) -> tuple[Any, str | None]:
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
+def label_index(raw: Any, names: Sequence[str]) -> tuple[int | None, str | None]:
+    """A label given as an id (an int or a digit string) or as one of names: (its id, None), or (None, why not)."""
+    if isinstance(raw, bool):
+        return None, f"label {raw!r} is a boolean; use an id or one of {list(names)}"
+    if isinstance(raw, int) or (isinstance(raw, str) and raw.strip().lstrip("-").isdigit()):
+        i = int(raw)
+        if not 0 <= i < len(names):
+            return None, f"label id {i} is out of range 0..{len(names) - 1}"
+        return i, None
+    if isinstance(raw, str) and raw in names:
+        return list(names).index(raw), None
+    return None, f"label {raw!r} is neither an id nor one of {list(names)}"
+
+
 def _has_surrogates(s: str) -> bool:
     try:
         s.encode("utf-8")
@@ -161,7 +176,7 @@ def read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Reco
         if err is None and _SURROGATE_ESCAPE.search(raw) and _has_surrogates(text):
             err = f"field {cfg.text_field!r} holds an unpaired UTF-16 surrogate escape; it is not valid text"
         label = None
-        if err is None and cfg.label_field:
+        if err is None and cfg.label_field and (cfg.label_required or cfg.label_field in obj):
             label, err = _field(obj, cfg.label_field, line)
         yield Record(line, rid, text if err is None else None, label, err)
 

@@ -41,6 +41,8 @@ class State:
     out_bytes: int = 0
     err_bytes: int = 0
     complete: bool = False
+    scored: int = 0  # with --label-field: records scored against their label so far, and those right
+    correct: int = 0
 
 
 def load_state(output: str) -> State | None:

@@ -182,3 +182,40 @@ def test_long_text_is_part_of_the_resume_fingerprint(tmp_path, tiny_dir, review_
     # finished with head: resuming it as head-tail would mix two readings in one file
     assert main([src, "-o", str(out), "--model", str(tiny_dir), "--long-text", "head-tail", "--resume", "-q"]) == 2
     assert "long_text" in capsys.readouterr().err
+
+
+def _accuracy_line(err):
+    return next(line for line in err.splitlines() if line.startswith("pcv-batch: accuracy") or "no record had" in line)
+
+
+def test_label_field_scores_predictions_against_the_files_labels(tmp_path, tiny_dir, reviews, capsys):
+    # labels as ids and as names, mixed
+    rows = [{"id": i, "text": r["text"], "label": ("neg", "pos")[r["label"]] if i % 2 else r["label"]}
+            for i, r in enumerate(reviews[:40])]
+    rows[3] = {"id": 3, "text": "no label here"}  # classified, not scored
+    rows[5]["label"] = "meh"  # classified, not scored, reported
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{broken\n")
+    out = tmp_path / "out.jsonl"
+    assert main([str(src), "-o", str(out), "--model", str(tiny_dir), "--label-field", "label", "-q"]) == 1
+    got = _read(out)
+    assert [g["id"] for g in got] == list(range(40))  # nothing lost to the labels
+    names = ("neg", "pos")
+    gold = {r["id"]: names[r["label"]] if isinstance(r["label"], int) else r["label"]
+            for r in rows if r.get("label") in (0, 1, "neg", "pos")}
+    right = sum(g["label"] == gold[g["id"]] for g in got if g["id"] in gold)
+    line = _accuracy_line(capsys.readouterr().err)
+    assert f"accuracy {100 * right / 38:.2f} % ({right} of 38 labelled records)" in line
+    assert "1 without 'label'" in line and f"1 with an unusable label, not scored (first: {src}: line 6: label 'meh'" in line
+
+
+def test_label_field_in_csv_and_without_any_labels(tmp_path, tiny_dir, capsys):
+    csv = tmp_path / "in.csv"
+    csv.write_text("text,sentiment\ngood film,pos\nbad film,0\n")
+    assert main([str(csv), "-o", str(tmp_path / "o.jsonl"), "--model", str(tiny_dir), "--label-field", "sentiment", "-q"]) == 0
+    assert "of 2 labelled records" in _accuracy_line(capsys.readouterr().err)
+    src = _jsonl(tmp_path / "in.jsonl", [{"text": "no labels"}])
+    assert main([src, "-o", str(tmp_path / "o2.jsonl"), "--model", str(tiny_dir), "--label-field", "label", "-q"]) == 0
+    assert "no record had a usable 'label'" in _accuracy_line(capsys.readouterr().err)
+    assert main([str(csv), "--model", str(tiny_dir), "--label-field", "label", "-q"]) == 2  # no such column
+    assert "no column 'label'" in capsys.readouterr().err

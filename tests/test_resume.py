@@ -58,6 +58,35 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, src, tiny_dir, mon
     assert "already complete" in capsys.readouterr().err
 
 
+def test_resumed_run_scores_the_whole_file(tmp_path, review_texts, reviews, tiny_dir, monkeypatch, capsys):
+    src = tmp_path / "labelled.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": r["text"], "label": r["label"]}) + "\n"
+                           for i, r in enumerate(reviews[:60])))
+    assert _run(src, tmp_path / "full.jsonl", tiny_dir, "--label-field", "label") == 0
+    want = [line for line in capsys.readouterr().err.splitlines() if "accuracy" in line]
+    real = session_mod.OnnxClassifier.logits
+    calls = {"n": 0}
+
+    def flaky(self, ids, mask):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt
+        return real(self, ids, mask)
+
+    out = tmp_path / "part.jsonl"
+    monkeypatch.setattr(session_mod.OnnxClassifier, "logits", flaky)
+    assert _run(src, out, tiny_dir, "--label-field", "label") == 130
+    monkeypatch.setattr(session_mod.OnnxClassifier, "logits", real)
+    capsys.readouterr()
+    assert 0 < json.loads((tmp_path / "part.jsonl.pcv-state.json").read_text())["scored"] < 60
+    assert _run(src, out, tiny_dir, "--label-field", "label", "--resume") == 0
+    err = capsys.readouterr().err
+    assert len(want) == 1 and "of 60 labelled records" in want[0]
+    assert "resuming after" in err and [line for line in err.splitlines() if "accuracy" in line] == want
+    assert _run(src, out, tiny_dir, "--resume") == 2  # scored before: a resume without the field is refused
+    assert "options differ" in capsys.readouterr().err
+
+
 def test_resume_refuses_other_options_or_model(tmp_path, src, tiny_dir, capsys):
     out = tmp_path / "o.jsonl"
     _run(src, out, tiny_dir)

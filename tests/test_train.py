@@ -111,6 +111,27 @@ def test_val_limit_samples_both_labels_of_a_sorted_file(tmp_path):
     assert neg + pos == 40 and 10 < pos < 30
 
 
+def test_write_split_writes_the_split_a_run_trains_and_selects_on(tmp_path):
+    p = tmp_path / "sorted.jsonl"
+    p.write_text("".join(json.dumps({"text": f"t{i}", "label": int(i >= 500)}) + "\n" for i in range(1000)))
+    flags = ["--val-fraction", "0.2", "--val-limit", "40", "--seed", "3"]
+    assert train_main([str(p), "--write-split", str(tmp_path / "split"), *flags]) == 0
+    part = {n: [json.loads(line) for line in open(tmp_path / "split" / f"{n}.jsonl")]
+            for n in ("train", "val", "val-sample", "val-rest")}
+    idx = {n: [r["index"] for r in rows] for n, rows in part.items()}
+    tr, va = split(1000, 0.2, 3)
+    assert idx["train"] == tr.tolist() and idx["val"] == va.tolist()
+    assert sorted(idx["val-sample"] + idx["val-rest"]) == idx["val"] and len(idx["val-sample"]) == 40
+    assert all(r["text"] == f"t{r['index']}" and r["label"] == ("neg", "pos")[r["index"] >= 500]
+               for rows in part.values() for r in rows)
+    out = tmp_path / "m"
+    assert train_main([str(p), "--out", str(out), "--epochs", "0.05", *flags, *TINY]) == 0
+    counts = json.loads((out / "metrics.json").read_text())["val_label_counts"]
+    assert counts == [sum(r["label"] == name for r in part["val-sample"]) for name in ("neg", "pos")]
+    with pytest.raises(SystemExit, match="2"):  # neither --out nor --write-split: argparse's usage error
+        train_main([str(p)])
+
+
 def test_group_by_length_is_a_permutation_with_little_padding():
     from pcv.export.loop import group_by_length
     from pcv.runtime.tokenizer import token_lengths

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# There, on the lent GPU (after prepare.sh here): pcv-train runs side by side for $MIN minutes, then
+# a torch read of each run's best model on the seeded 2,500 validation reviews (evalruns.py); each
+# run comes back as $OUT/<name>.tgz.NN (15 MB pieces; cat them and untar).
+#   run(command="bash .ci/gpu-kit/run.sh", carry=[".gpu"], timeout_s=600)
+#   RUNS="c b" MIN=8: a call must end inside 600 s, and the first minute of each run is slow (the
+#   dense targets are made on first use); a dry run here: DEV=cpu MIN=1 RUNS=c OUT=/tmp/o bash ...
+# Runs (the flags beyond the recipe's data flags):
+#   c  the bundled model's architecture, fresh: 256 latents x 192, 6 layers, 2.58M parameters
+#   b  wider: 256 latents x 256, 8 self heads, 4.28M parameters
+#   a  the bundled model trained on from its weights, lower rate
+set -u
+DEV=${DEV:-cuda}; MIN=${MIN:-8}; RUNS=${RUNS:-c b}; OUT=${OUT:?set by the device}
+W=/tmp/pcvgpu; rm -rf $W; mkdir -p $W/pkg/pcv $W/runs $W/data
+for d in export runtime bench models; do ln -s "$PWD/$d" $W/pkg/pcv/$d; done
+export PYTHONPATH=$W/pkg PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 TOKENIZERS_PARALLELISM=false
+if compgen -G ".gpu/site/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $W/site .gpu/site/*.whl || exit
+  export PYTHONPATH=$W/site:$PYTHONPATH
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
+for f in train unsup; do xz -dc -T0 .gpu/xz/$f.jsonl.xz > $W/data/$f.jsonl || exit; done
+D=$W/data
+COMMON=(--teacher ngram --teacher-cache .gpu/teacher.npz --unlabelled $D/unsup.jsonl --dense-weight 1.0 --val-limit 1000
+        --max-length 2048 --epochs 1000 --device $DEV --attention-dropout 0 --max-minutes $MIN --eval-every 250
+        --checkpoint-every 250 --average-last 5)
+declare -A FLAGS=(
+  [a]="--init-from models/imdb-perceiver --batch-size 64 --lr 3e-4 --warmup-steps 200"
+  [b]="--num-latents 256 --d-latents 256 --d-model 128 --num-layers 6 --self-heads 8 --cross-heads 8 --cross-widening 2 --self-widening 2 --batch-size 128 --lr 1e-3 --warmup-steps 300"
+  [c]="--num-latents 256 --d-latents 192 --d-model 128 --num-layers 6 --self-heads 6 --cross-heads 8 --cross-widening 2 --self-widening 2 --batch-size 128 --lr 1e-3 --warmup-steps 300"
+)
+for r in $RUNS; do
+  # shellcheck disable=SC2086
+  (python3 -c 'import sys; from pcv.export.cli import train_main; sys.exit(train_main())' "$D/train.jsonl" \
+     --out $W/runs/$r "${COMMON[@]}" ${FLAGS[$r]} > $W/runs/$r.log 2>&1; echo "run $r exit $?") &
+done
+for _ in $(seq $((MIN + 2))); do
+  sleep 60; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
+  for r in $RUNS; do grep -h '"step"' $W/runs/$r.log 2>/dev/null | tail -1 | sed "s/^/$r /"; done
+  [[ -z "$(jobs -r)" ]] && break
+done
+wait
+python3 .ci/gpu-kit/evalruns.py $W/runs $D/train.jsonl $DEV
+for r in $RUNS; do
+  [[ -d $W/runs/$r ]] || continue
+  cp $W/runs/$r.log $W/runs/$r/train.log
+  tar czf $W/$r.tgz -C $W/runs/$r --exclude checkpoint .
+  split -b 15m -d $W/$r.tgz $OUT/$r.tgz.
+done
+ls -la $OUT
