@@ -9,6 +9,7 @@ the same weights, mask and dropout rate. Training only: export traces the stock 
 
 from __future__ import annotations
 
+import inspect
 import types
 
 import torch
@@ -16,11 +17,17 @@ import torch.nn.functional as F
 from transformers.models.perceiver.modeling_perceiver import PerceiverSelfAttention
 
 
-def _fused_forward(self, hidden_states, attention_mask=None, head_mask=None, inputs=None, inputs_mask=None,
-                   output_attentions=False):
-    if head_mask is not None or output_attentions:  # what SDPA cannot give: the stock path
-        return PerceiverSelfAttention.forward(self, hidden_states, attention_mask, head_mask, inputs, inputs_mask,
-                                              output_attentions)
+# transformers 5 dropped head_mask from the signature, and callers pass arguments by position:
+# bind them to the installed version's signature.
+_STOCK = inspect.signature(PerceiverSelfAttention.forward)
+
+
+def _fused_forward(self, *args, **kwargs):
+    a = _STOCK.bind(self, *args, **kwargs).arguments
+    if a.get("head_mask") is not None or a.get("output_attentions"):  # what SDPA cannot give: the stock path
+        return PerceiverSelfAttention.forward(self, *args, **kwargs)
+    hidden_states, attention_mask = a["hidden_states"], a.get("attention_mask")
+    inputs, inputs_mask = a.get("inputs"), a.get("inputs_mask")
     hidden_states = self.layernorm1(hidden_states)
     inputs = self.layernorm2(inputs)
     source, mask = (inputs, inputs_mask) if inputs is not None else (hidden_states, attention_mask)

@@ -37,14 +37,27 @@ def pcv_version() -> str:
 
 
 class _Logits(torch.nn.Module):
-    """(input_ids, attention_mask) -> logits: the graph's whole interface."""
+    """(input_ids, attention_mask) -> logits: the graph's whole interface.
+
+    PerceiverForSequenceClassification's forward with the key-padding bias built here, as transformers
+    4.x builds it ((1 - mask) * dtype min, shape (B, 1, 1, L)), whatever version is installed: 5.x
+    builds a (B, 1, latents, L) mask through its generic masking code (Flatten, Gather, Range, And,
+    Where, Expand), which costs a pass over that map per run and hides the cross-attention from the
+    fusion pass (fusion.py). verify_onnx checks the graph against the model's own forward.
+    """
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(inputs=input_ids, attention_mask=attention_mask).logits  # (B, C)
+        p = self.model.perceiver
+        inputs, modality_sizes, inputs_without_pos = p.input_preprocessor(input_ids)
+        latents = p.embeddings(batch_size=inputs.shape[0])
+        bias = (1.0 - attention_mask[:, None, None, :].to(latents.dtype)) * torch.finfo(latents.dtype).min
+        z = p.encoder(latents, inputs=inputs, inputs_mask=bias)[0]
+        query = p.decoder.decoder_query(inputs, modality_sizes, inputs_without_pos)
+        return p.decoder(query, z=z).logits  # (B, C)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -55,12 +55,14 @@ def _text_ids(text: str) -> npt.NDArray[np.int64]:
 
 
 def _kept_length(n: int, max_length: int | None) -> int:
-    """How many content ids survive truncation; mirrors transformers (which keeps everything
-    when max_length leaves no room for a single content id)."""
+    """How many content ids survive truncation to max_length ([CLS] and [SEP] take two). A max_length
+    under 3 leaves no room for one content id, and transformers' answer there changed between
+    versions (4.x keeps the whole text, 5.x none of it): refused."""
     if max_length is None or n + 2 <= max_length:
         return n
-    remove = n + 2 - max_length
-    return n if remove >= n else n - remove
+    if max_length < 3:  # (n > 0 here: an empty text needs no cut)
+        raise ValueError(f"max_length={max_length} leaves no room for a byte beside [CLS] and [SEP]: use 3 or more")
+    return max_length - 2
 
 
 def token_lengths(texts: list[str], max_length: int) -> npt.NDArray[np.int64]:

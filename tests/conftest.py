@@ -62,6 +62,16 @@ def torch_logits(model, texts: list[str], max_length: int):
     return out.logits.numpy()
 
 
+def save_pickle_only(model, path) -> None:
+    """A model dir as older checkpoints ship it: config.json + pytorch_model.bin (a pickle). Written by
+    hand: transformers 5's save_pretrained writes safetensors only."""
+    import torch
+
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(path)
+    torch.save(model.state_dict(), path / "pytorch_model.bin")
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A tiny HF model dir (config.json + model.safetensors) and its verified ONNX export."""

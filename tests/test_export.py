@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import save_pickle_only, tiny_model
 from pcv.export.modeling import load_classifier
 from pcv.export.onnx_export import ExportConfig, export_onnx, verify_onnx
 from pcv.runtime import ModelError
@@ -63,12 +63,15 @@ def test_eval_mode_is_kept(tmp_path):
     assert not m.training
 
 
-def test_pickle_only_dir_is_refused(tmp_path):
-    m = tiny_model()
-    m.save_pretrained(tmp_path, safe_serialization=False)
-    assert list(tmp_path.glob("*.bin"))
+def test_pickle_only_dir_is_refused_unless_allowed(tmp_path):
+    m = tiny_model().eval()
+    save_pickle_only(m, tmp_path)
     with pytest.raises(ModelError, match="pickle"):
         load_classifier(str(tmp_path))
+    loaded = load_classifier(str(tmp_path), allow_pickle=True)
+    ids = torch.randint(6, 262, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(inputs=ids).logits, m(inputs=ids).logits)
 
 
 def test_missing_dir_and_offline_hub_id_give_clear_errors(tmp_path):

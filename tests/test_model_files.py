@@ -109,11 +109,11 @@ def test_variants_carry_their_own_digest(tmp_path, tiny_dir):
 
 
 def test_pickle_only_dir_is_refused_by_pcv_export(tmp_path, capsys):
-    from conftest import tiny_model
+    from conftest import save_pickle_only, tiny_model
 
     from pcv.export.cli import export_main
 
-    tiny_model().save_pretrained(tmp_path / "m", safe_serialization=False)
+    save_pickle_only(tiny_model(), tmp_path / "m")
     assert export_main([str(tmp_path / "m"), str(tmp_path / "out.onnx")]) == 2
     assert "pickle" in capsys.readouterr().err and not (tmp_path / "out.onnx").exists()
 
