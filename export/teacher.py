@@ -101,6 +101,19 @@ def word_weights(texts: list[str], labels: npt.NDArray[np.int64], *, c: float = 
     return dict(zip(vec.get_feature_names_out().tolist(), coef.astype(np.float32).tolist()))
 
 
+_WORKER_TARGETS: DenseTargets | None = None  # set in each DenseMemo.prefill process
+
+
+def set_worker_targets(dense: DenseTargets) -> None:
+    global _WORKER_TARGETS
+    _WORKER_TARGETS = dense
+
+
+def dense_targets_of(texts: list[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    assert _WORKER_TARGETS is not None, "set_worker_targets first"
+    return _WORKER_TARGETS(texts)
+
+
 class DenseTargets:
     """Per-latent targets for dense distillation.
 

@@ -8,6 +8,7 @@ budget so long runs can be spread over sessions.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -196,6 +197,9 @@ def average_last(model, ckpt, state: dict, cfg: TrainConfig, score: Callable[[],
     return {"steps": steps, "val_accuracy": acc, "saved": better}
 
 
+PREFILL_MIN_POOL = 10_000  # DenseMemo.prefill below this, or under 4 cores, is not worth the processes
+
+
 class DenseMemo:
     """Dense targets made once per pool text, on first use (a Python loop over the words, ~0.4 ms a
     review: on a GPU that would be most of a step). Pools whose memo would pass 1 GiB are not memoised."""
@@ -204,6 +208,25 @@ class DenseMemo:
         self.dense = dense
         self.memo = np.zeros((pool_size, 2, num_latents), np.float32) if pool_size * num_latents * 8 <= max_bytes else None
         self.have = np.zeros(pool_size, bool)
+
+    def prefill(self, texts: list[str], workers: int) -> None:
+        """Make every pool text's targets now, in `workers` processes. Made on first use instead, they
+        held back a GPU run's whole first epoch (each run's first minute was slow, gpu-h100-8min)."""
+        if self.memo is None:
+            return
+        from concurrent.futures import ProcessPoolExecutor
+        import multiprocessing
+
+        from .teacher import dense_targets_of, set_worker_targets
+
+        chunk = max(1, -(-len(texts) // (workers * 8)))
+        starts = range(0, len(texts), chunk)
+        # spawn, not fork: torch's thread pools (and CUDA) are already up in this process
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=set_worker_targets, initargs=(self.dense,)) as ex:
+            for a, (t, m) in zip(starts, ex.map(dense_targets_of, [texts[a : a + chunk] for a in starts])):
+                self.memo[a : a + len(t), 0], self.memo[a : a + len(t), 1] = t, m
+        self.have[:] = True
 
     def __call__(self, texts: list[str], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.memo is None:
@@ -318,6 +341,12 @@ def train(cfg: TrainConfig) -> dict:
         dense = DenseTargets(lexicon, num_latents=mc.num_latents, max_length=cfg.max_length,
                              positions=position_period(mc)).normalised(tr_texts[:2000])
         dense = DenseMemo(dense, len(pool), mc.num_latents)
+        workers = min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        if len(pool) >= PREFILL_MIN_POOL and workers >= 4:
+            t0 = time.perf_counter()
+            dense.prefill(pool, workers)
+            print(f"dense targets for {len(pool):,} texts made in {time.perf_counter() - t0:.1f}s "
+                  f"({workers} processes)", flush=True)
         head = torch.nn.Linear(mc.d_latents, 1).to(device)  # training only: reads a word score off each latent
         trained = torch.nn.ModuleDict({"model": model, "dense_head": head})
 

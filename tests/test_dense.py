@@ -85,7 +85,13 @@ def test_fused_attention_gives_the_stock_logits_and_gradients():
     assert torch.allclose(outs[0][1], outs[1][1], atol=1e-5)
 
 
-def test_train_with_dense_distillation_saves_a_plain_classifier(tmp_path, reviews):
+@pytest.mark.parametrize("prefill", [False, True], ids=["lazy", "prefill"])
+def test_train_with_dense_distillation_saves_a_plain_classifier(tmp_path, reviews, prefill, monkeypatch, capsys):
+    if prefill:  # as on a many-core machine with a big pool: the targets made up front in processes
+        from pcv.export import train as train_mod
+
+        monkeypatch.setattr(train_mod, "PREFILL_MIN_POOL", 0)
+        monkeypatch.setattr(train_mod.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
     p = tmp_path / "train.jsonl"
     rows = [r for r in reviews if r["label"] == 0][:24] + [r for r in reviews if r["label"] == 1][:24]
     p.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows))
@@ -94,6 +100,7 @@ def test_train_with_dense_distillation_saves_a_plain_classifier(tmp_path, review
             "--d-model", "64", "--num-layers", "1", "--self-heads", "2", "--cross-heads", "2", "--max-length", "128",
             "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "2", "--eval-every", "3", "--checkpoint-every", "3"]
     assert train_main(args) == 0
+    assert ("dense targets for 43 texts made" in capsys.readouterr().out) == prefill
     # the dense head is training-only: the saved model loads as a stock classifier without leftovers
     m = PerceiverForSequenceClassification.from_pretrained(out)
     assert m.config.num_latents == 16
@@ -119,3 +126,19 @@ def test_dense_memo_gives_the_targets_of_each_text(max_bytes):
         want_t, want_m = dense([pool[i] for i in idx])
         np.testing.assert_array_equal(t, want_t)
         np.testing.assert_array_equal(m, want_m)
+
+
+def test_dense_memo_prefill_in_processes_gives_the_same_targets(reviews):
+    from pcv.export.train import DenseMemo
+
+    pool = [r["text"] for r in reviews[:50]] + ["", "great"]
+    dense = DenseTargets({"great": 1.0, "awful": -1.0, "plot": 0.5, "film": 0.25}, num_latents=16, max_length=512)
+    memo = DenseMemo(dense, len(pool), 16)
+    memo.prefill(pool, workers=2)
+    assert memo.have.all()
+    idx = np.arange(len(pool))[::-1]
+    t, m = memo([pool[i] for i in idx], idx)
+    want_t, want_m = dense([pool[i] for i in idx])
+    np.testing.assert_array_equal(t, want_t)
+    np.testing.assert_array_equal(m, want_m)
+    assert t.any()
