@@ -1,5 +1,6 @@
 """pcv.runtime: numpy + onnxruntime only (never imports torch)."""
 
+from .api import TextClassifier
 from .errors import InputError, ModelError, PcvError, ProviderError
 from .readers import ReaderConfig, Record, read_records
 from .tokenizer import Encoding, PerceiverByteTokenizer
@@ -13,5 +14,6 @@ __all__ = [
     "ProviderError",
     "ReaderConfig",
     "Record",
+    "TextClassifier",
     "read_records",
 ]

@@ -10,12 +10,11 @@ import sys
 import time
 from collections.abc import Iterator
 
-from .batching import BatchPlan
+from .api import TextClassifier
 from .errors import PcvError
-from .pipeline import LONG_TEXT, PipelineConfig, Result, classify_records
+from .pipeline import LONG_TEXT, Result, classify_records
 from .readers import ReaderConfig, Record, detect_format, label_index, read_records
 from .resume import State
-from .session import OnnxClassifier, SessionConfig, plan_engine, resolve_model
 from .writer import LazyFile, error_line, prediction_line
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -132,10 +131,10 @@ def _run(args: argparse.Namespace) -> int:
         if path != "-":
             if not os.path.isfile(path):
                 raise PcvError(f"{path}: no such file")
-    model_path = resolve_model(args.model)
-    provider, engine = plan_engine(model_path, args.provider, batch_size=args.batch_size, threads=args.threads,
-                                   concurrent_runs=args.concurrent_runs)
-    clf = OnnxClassifier(model_path, SessionConfig(provider=provider, threads=engine.threads))
+    tc = TextClassifier(args.model, provider=args.provider, batch_size=args.batch_size, threads=args.threads,
+                        concurrent_runs=args.concurrent_runs, max_tokens=args.max_tokens, window=args.window,
+                        long_text=args.long_text)
+    model_path, engine, clf, cfg = tc.path, tc.engine, tc.session, tc.config
     info = clf.info
     print(f"pcv-batch: model {model_path} (variant {info.variant}, max_length {info.max_length}), "
           f"provider {clf.provider}" + (" (picked by auto)" if args.provider == "auto" else "") +
@@ -206,8 +205,6 @@ def _run(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         bar = tqdm(unit="rec", file=sys.stderr, desc="pcv-batch", mininterval=0.5)
-    cfg = PipelineConfig(plan=BatchPlan(batch_size=engine.batch_size, max_tokens=args.max_tokens), window=args.window,
-                         concurrent_runs=engine.concurrent_runs, long_text=args.long_text)
 
     def commit(done: int, complete: bool = False) -> None:
         out.flush(durable=True)

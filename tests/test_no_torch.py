@@ -24,6 +24,7 @@ def test_runtime_imports_and_classifies_without_torch(tmp_path):
         "import pcv.runtime\n"
         "from pcv.runtime.cli import main\n"
         f"rc = main([{str(src)!r}, '-o', {str(out)!r}, '-q'])\n"
+        "assert pcv.runtime.TextClassifier().predict(['a lovely film']) in (['neg'], ['pos'])\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "sys.exit(rc)\n"
     )
