@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .batching import BatchPlan
-from .pipeline import LONG_TEXT, PipelineConfig, classify_records
+from .pipeline import LONG_TEXT, PipelineConfig, check_shifts, classify_records
 from .readers import Record
 from .session import OnnxClassifier, SessionConfig, plan_engine, resolve_model
 
@@ -23,12 +23,12 @@ from .session import OnnxClassifier, SessionConfig, plan_engine, resolve_model
 class TextClassifier:
     """An ONNX Perceiver classifier driven as pcv-batch drives it: texts length-sorted within
     windows, batched by `batch_size` and `max_tokens`, `concurrent_runs` session.run calls in
-    flight, `long_text` for texts longer than the model reads. Unset engine values come from
+    flight, `long_text` for texts longer than the model reads, `shifts` for several views of each text. Unset engine values come from
     pcv-batch's per-provider defaults (session.ENGINES); `model` None is the bundled model."""
 
     def __init__(self, model: str | Path | None = None, *, provider: str = "auto", batch_size: int | None = None,
                  threads: int | None = None, concurrent_runs: int | None = None, max_tokens: int = 65_536,
-                 window: int = 4096, long_text: str = "head") -> None:
+                 window: int = 4096, long_text: str = "head", shifts: tuple[int, ...] = (0,)) -> None:
         if long_text not in LONG_TEXT:
             raise ValueError(f"long_text {long_text!r}: one of {LONG_TEXT}")
         self.path = resolve_model(None if model is None else str(model))
@@ -36,8 +36,10 @@ class TextClassifier:
                                         concurrent_runs=concurrent_runs)
         self.session = OnnxClassifier(self.path, SessionConfig(provider=name, threads=self.engine.threads))
         self.config = PipelineConfig(plan=BatchPlan(batch_size=self.engine.batch_size, max_tokens=max_tokens),
-                                     window=window, concurrent_runs=self.engine.concurrent_runs, long_text=long_text)
+                                     window=window, concurrent_runs=self.engine.concurrent_runs, long_text=long_text,
+                                     shifts=tuple(shifts))
         info = self.session.info
+        check_shifts(self.config.shifts, info.max_length)
         self.labels = tuple(info.id2label[i] for i in range(len(info.id2label)))
 
     def predict_proba(self, texts: Iterable[str]) -> npt.NDArray[np.float32]:

@@ -33,6 +33,9 @@ class PipelineConfig:
     # Texts longer than the model reads: "head" classifies their first max_length tokens; "head-tail"
     # also their last ones and averages the two windows' probabilities (one more run per long text).
     long_text: str = "head"
+    # Views of each text, as leading spaces: (0,) reads it once; (0, 4) also 4 bytes later in every
+    # latent's patch, the probabilities averaged (one more run per text and shift).
+    shifts: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,12 @@ class _Window:
     batches: list[Batch]
     truncated: npt.NDArray[np.bool_]  # (len(good),)
     tails: npt.NDArray[np.int64]  # good texts also read from their end (head-tail); their tail windows follow the heads
+    views: int  # texts per view: len(good) heads + len(tails) tails; view k (shift k) is the k-th block of them
+
+
+def check_shifts(shifts: tuple[int, ...], max_length: int) -> None:
+    if not shifts or len(set(shifts)) != len(shifts) or min(shifts) < 0 or max(shifts) > max_length // 4:
+        raise ValueError(f"shifts {shifts}: distinct byte offsets from 0 to max_length/4 ({max_length // 4}), at least one")
 
 
 def tail_text(text: str, max_length: int) -> str:
@@ -83,17 +92,23 @@ def plan_and_tokenize(
 
 
 def _prepare(records: list[Record], tok: PerceiverByteTokenizer, max_length: int, plan: BatchPlan,
-             long_text: str = "head") -> _Window:
+             long_text: str = "head", shifts: tuple[int, ...] = (0,)) -> _Window:
     good = [i for i, r in enumerate(records) if r.text is not None]
     texts: list[str] = [records[i].text for i in good]  # type: ignore[misc]
     byte_lengths = _byte_lengths(texts)
     # a text is truncated when it had more bytes (with specials) than max_length allows
     truncated = byte_lengths + 2 > max_length
     tails = np.flatnonzero(truncated) if long_text == "head-tail" else np.zeros(0, np.int64)
-    tail_texts = [tail_text(texts[k], max_length) for k in tails]
-    batches = plan_and_tokenize(texts + tail_texts, max_length=max_length, plan=plan, tok=tok,
-                                byte_lengths=np.concatenate([byte_lengths, _byte_lengths(tail_texts)]))
-    return _Window(records, good, batches, truncated, tails)
+    views: list[str] = []
+    lengths = []
+    for s in shifts:  # a shifted tail window keeps its length: s bytes fewer of the text's end
+        pad = " " * s
+        tail_texts = [pad + tail_text(texts[k], max_length - s) for k in tails]
+        views += [pad + t for t in texts] if s else texts
+        views += tail_texts
+        lengths += [byte_lengths + s, _byte_lengths(tail_texts)]
+    batches = plan_and_tokenize(views, max_length=max_length, plan=plan, tok=tok, byte_lengths=np.concatenate(lengths))
+    return _Window(records, good, batches, truncated, tails, len(texts) + len(tails))
 
 
 def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: PipelineConfig = PipelineConfig()) -> Iterator[Result]:
@@ -104,6 +119,7 @@ def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: Pipeli
     """
     if cfg.long_text not in LONG_TEXT:
         raise ValueError(f"long_text {cfg.long_text!r}: one of {LONG_TEXT}")
+    check_shifts(cfg.shifts, clf.info.max_length)
     tok = PerceiverByteTokenizer(model_max_length=clf.info.max_length)
     q: queue.Queue = queue.Queue(maxsize=cfg.prefetch)
     stop = threading.Event()
@@ -116,7 +132,7 @@ def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: Pipeli
                 chunk = list(islice(it, cfg.window))
                 if not chunk:
                     break
-                item = _prepare(chunk, tok, clf.info.max_length, cfg.plan, cfg.long_text)
+                item = _prepare(chunk, tok, clf.info.max_length, cfg.plan, cfg.long_text, cfg.shifts)
                 while not stop.is_set():
                     try:
                         q.put(item, timeout=0.1)
@@ -142,10 +158,12 @@ def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: Pipeli
             if isinstance(item, BaseException):
                 raise item
             n = len(item.good)
-            probs = np.zeros((n + len(item.tails), len(clf.info.id2label)), dtype=np.float32)
+            views = np.zeros((len(cfg.shifts) * item.views, len(clf.info.id2label)), dtype=np.float32)
             for (idx, _, _), p in zip(item.batches, pool.map(run, item.batches) if pool else map(run, item.batches)):
-                probs[idx] = p
-            probs[item.tails] = (probs[item.tails] + probs[n:]) / 2  # head-tail: the mean of both windows
+                views[idx] = p
+            views = views.reshape(len(cfg.shifts), item.views, -1)
+            views[:, item.tails] = (views[:, item.tails] + views[:, n:]) / 2  # head-tail: the mean of both windows
+            probs = views[:, :n].mean(0)  # the mean over the shifts
             slot = {pos: k for k, pos in enumerate(item.good)}
             for pos, rec in enumerate(item.records):
                 k = slot.get(pos)

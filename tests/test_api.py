@@ -40,3 +40,44 @@ def test_empty_input_bad_types_and_options(tiny_dir):
 def test_bundled_model_by_default():
     clf = TextClassifier()
     assert clf.predict(["A lovely, moving film. Wonderful acting, I loved it.", "The worst film I have seen: dull and badly acted."]) == ["pos", "neg"]
+
+
+@pytest.mark.parametrize("long_text", ["head", "head-tail"])
+def test_shifts_average_the_views_of_each_text(tiny_dir, review_texts, long_text):
+    from pcv.runtime import PerceiverByteTokenizer
+    from pcv.runtime.pipeline import tail_text
+    from pcv.runtime.session import OnnxClassifier, softmax
+
+    texts = review_texts[:12] + ["short", "x" * 300]  # the tiny model reads 256 tokens: most are long
+    got = TextClassifier(tiny_dir, batch_size=3, long_text=long_text, shifts=(0, 4)).predict_proba(texts)
+    sess, tok = OnnxClassifier(tiny_dir / "model.onnx"), PerceiverByteTokenizer()
+
+    def probs(batch):
+        enc = tok(batch, max_length=256, truncation=True, padding="longest")
+        return softmax(sess.logits(enc.input_ids, enc.attention_mask))
+
+    want = []
+    for t in texts:
+        views = []
+        for s in (0, 4):
+            p = probs([" " * s + t])[0]
+            if long_text == "head-tail" and len(t.encode()) + 2 > 256:
+                p = (p + probs([" " * s + tail_text(t, 256 - s)])[0]) / 2
+            views.append(p)
+        want.append(np.mean(views, 0))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert not np.array_equal(got, TextClassifier(tiny_dir, long_text=long_text).predict_proba(texts))  # (a random model: tiny differences)
+
+
+def test_bad_shifts_are_refused(tmp_path, tiny_dir, capsys):
+    for bad in [(), (0, 0), (-1,), (0, 65)]:  # the tiny model reads 256 tokens: shifts up to 64
+        with pytest.raises(ValueError, match="shifts"):
+            TextClassifier(tiny_dir, shifts=bad)
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "fine"}\n')
+    assert main([str(src), "--model", str(tiny_dir), "--shifts", "0,0", "-q"]) == 2
+    assert "--shifts" in capsys.readouterr().err
+    out = tmp_path / "o.jsonl"
+    assert main([str(src), "-o", str(out), "--model", str(tiny_dir), "-q"]) == 0
+    assert main([str(src), "-o", str(out), "--model", str(tiny_dir), "--shifts", "0,4", "--resume", "-q"]) == 2
+    assert "options differ" in capsys.readouterr().err  # shifts change the answers: part of the fingerprint
