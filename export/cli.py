@@ -97,6 +97,10 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-weight", type=float, default=0.5)
     p.add_argument("--dense-weight", type=float, default=0.0,
                    help="dense distillation: weight of a per-latent word-lexicon loss (0 = off)")
+    p.add_argument("--shift-augment", type=int, default=0, metavar="W",
+                   help="train on each text after 0..W-1 leading spaces (drawn per example and step), so that the "
+                        "model reads a text alike wherever its bytes fall in the latents' patches (8 bytes at the "
+                        "default sizes; pcv-batch --shifts shows the sensitivity). Default 0: off")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--val-limit", type=int)
     p.add_argument("--average-last", type=int, default=0, metavar="N",
@@ -106,6 +110,8 @@ def train_main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not (a.out or a.write_split):
         p.error("the following arguments are required: --out (or --write-split DIR)")
+    if not 0 <= a.shift_augment <= a.max_length // 4:
+        return _fail(f"--shift-augment {a.shift_augment}: 0 (off) to a quarter of --max-length ({a.max_length // 4})")
     if a.average_last < 0 or a.average_last == 1:
         return _fail(f"--average-last {a.average_last}: 0 (off) or the number of checkpoints to average, at least 2")
     if bad := _check_run_args(a):
@@ -118,7 +124,7 @@ def train_main(argv: list[str] | None = None) -> int:
         data=tuple(a.data), out=a.out or "", init_from=a.init_from, grow_layers=a.grow_layers, init=a.init,
         size=_size(a), text_field=a.text_field, label_field=a.label_field, labels=tuple(a.labels.split(",")),
         unlabelled=tuple(a.unlabelled), teacher=a.teacher, teacher_cache=a.teacher_cache, distill_weight=a.distill_weight,
-        dense_weight=a.dense_weight,
+        dense_weight=a.dense_weight, shift_augment=a.shift_augment,
         val_fraction=a.val_fraction, val_limit=a.val_limit, average_last=a.average_last, **_run_args(a),
     )
     try:

@@ -109,9 +109,14 @@ def set_worker_targets(dense: DenseTargets) -> None:
     _WORKER_TARGETS = dense
 
 
-def dense_targets_of(texts: list[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+def dense_words_of(texts: list[str]) -> list[Words]:
     assert _WORKER_TARGETS is not None, "set_worker_targets first"
-    return _WORKER_TARGETS(texts)
+    return [_WORKER_TARGETS.words(t) for t in texts]
+
+
+# A text's lexicon words as DenseTargets places them: (token positions of their first bytes, their
+# weights, the text's UTF-8 length).
+Words = tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], int]
 
 
 class DenseTargets:
@@ -141,20 +146,40 @@ class DenseTargets:
         return DenseTargets({k: v / rms for k, v in self.weights.items()}, num_latents=self.n, max_length=self.max_length,
                             positions=self.positions)
 
-    def __call__(self, texts: list[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        targets = np.zeros((len(texts), self.n), np.float32)
-        mask = np.zeros((len(texts), self.n), np.float32)
-        for row, text in enumerate(texts):
-            ascii_ = text.isascii()
-            offsets = None if ascii_ else np.concatenate([[0], np.cumsum([len(ch.encode("utf-8", "surrogatepass")) for ch in text])])
-            n_bytes = len(text) if ascii_ else int(offsets[-1])
-            used = min(n_bytes + 2, self.max_length)  # [CLS] + bytes + [SEP], truncated
+    def words(self, text: str) -> Words:
+        """The lexicon words of `text` that a model reading max_length tokens sees (the Python loop
+        over its words: ~0.4 ms a review; DenseMemo keeps the result)."""
+        ascii_ = text.isascii()
+        offsets = None if ascii_ else np.concatenate([[0], np.cumsum([len(ch.encode("utf-8", "surrogatepass")) for ch in text])])
+        n_bytes = len(text) if ascii_ else int(offsets[-1])
+        pos: list[int] = []
+        weight: list[float] = []
+        for m in _WORD.finditer(text):
+            p = 1 + (m.start() if ascii_ else int(offsets[m.start()]))  # after [CLS]
+            if p >= self.max_length:
+                break
+            w = self.weights.get(m.group().lower())
+            if w is not None:
+                pos.append(p)
+                weight.append(w)
+        return np.array(pos, np.int64), np.array(weight, np.float32), n_bytes
+
+    def from_words(self, words: list[Words], shifts: npt.NDArray[np.int64] | None = None
+                   ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Targets and mask of texts given by their words, each read after shifts[row] leading spaces
+        (the same as those of the shifted texts: spaces are no words, they only move the bytes)."""
+        targets = np.zeros((len(words), self.n), np.float32)
+        mask = np.zeros((len(words), self.n), np.float32)
+        for row, (pos, weight, n_bytes) in enumerate(words):
+            s = 0 if shifts is None else int(shifts[row])
+            used = min(n_bytes + s + 2, self.max_length)  # [CLS] + bytes + [SEP], truncated
             mask[row, : -(-used // self.window)] = 1.0  # past n when the windows repeat: all of them
-            for m in _WORD.finditer(text):
-                pos = 1 + (m.start() if ascii_ else int(offsets[m.start()]))
-                if pos >= used:
-                    break
-                w = self.weights.get(m.group().lower())
-                if w is not None:
-                    targets[row, (pos % self.positions) // self.window] += w
+            p = pos + s
+            keep = p < used - 1  # content bytes sit at 1 .. used - 2; [SEP] takes the last place
+            targets[row] = np.bincount((p[keep] % self.positions) // self.window, weights=weight[keep], minlength=self.n)
         return targets, mask
+
+    def __call__(self, texts: list[str], shifts: npt.NDArray[np.int64] | None = None
+                 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """(targets (B, N), mask (B, N) of latents over real bytes), each text after shifts[row] spaces."""
+        return self.from_words([self.words(t) for t in texts], shifts)

@@ -47,6 +47,7 @@ class TrainConfig:
     dense_weight: float = 0.0  # > 0: dense distillation, a word-lexicon target under every latent (teacher.DenseTargets)
     fused_attention: bool = True  # train through torch's scaled_dot_product_attention (fastattn)
     attention_dropout: float | None = None  # None: the model's own (config attention_probs_dropout_prob)
+    shift_augment: int = 0  # > 0: each training text read after 0..shift_augment-1 leading spaces, drawn per step
     max_length: int = 2048
     batch_size: int = 32
     lr: float = 5e-5  # the reference recipe (pretrained start); fresh models want ~5e-4
@@ -201,42 +202,42 @@ PREFILL_MIN_POOL = 10_000  # DenseMemo.prefill below this, or under 4 cores, is 
 
 
 class DenseMemo:
-    """Dense targets made once per pool text, on first use (a Python loop over the words, ~0.4 ms a
-    review: on a GPU that would be most of a step). Pools whose memo would pass 1 GiB are not memoised."""
+    """Dense targets from each pool text's lexicon words, found once per text (DenseTargets.words,
+    ~0.4 ms a review: on a GPU that would be most of a step); the targets of a batch, at any shift,
+    are then one bincount per text. Pools over max_bytes at ~2 KiB a text are not memoised."""
 
-    def __init__(self, dense, pool_size: int, num_latents: int, *, max_bytes: int = 1 << 30) -> None:
+    def __init__(self, dense, pool_size: int, *, max_bytes: int = 1 << 30) -> None:
         self.dense = dense
-        self.memo = np.zeros((pool_size, 2, num_latents), np.float32) if pool_size * num_latents * 8 <= max_bytes else None
-        self.have = np.zeros(pool_size, bool)
+        self.memo: list | None = [None] * pool_size if pool_size * 2048 <= max_bytes else None
 
     def prefill(self, texts: list[str], workers: int) -> None:
-        """Make every pool text's targets now, in `workers` processes. Made on first use instead, they
+        """Find every pool text's words now, in `workers` processes. Found on first use instead, they
         held back a GPU run's whole first epoch (each run's first minute was slow, gpu-h100-8min)."""
         if self.memo is None:
             return
         from concurrent.futures import ProcessPoolExecutor
         import multiprocessing
 
-        from .teacher import dense_targets_of, set_worker_targets
+        from .teacher import dense_words_of, set_worker_targets
 
         chunk = max(1, -(-len(texts) // (workers * 8)))
         starts = range(0, len(texts), chunk)
         # spawn, not fork: torch's thread pools (and CUDA) are already up in this process
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=set_worker_targets, initargs=(self.dense,)) as ex:
-            for a, (t, m) in zip(starts, ex.map(dense_targets_of, [texts[a : a + chunk] for a in starts])):
-                self.memo[a : a + len(t), 0], self.memo[a : a + len(t), 1] = t, m
-        self.have[:] = True
+            for a, words in zip(starts, ex.map(dense_words_of, [texts[a : a + chunk] for a in starts])):
+                self.memo[a : a + len(words)] = words
 
-    def __call__(self, texts: list[str], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, texts: list[str], idx: np.ndarray, shifts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Targets of pool texts `idx` (their `texts`), each after shifts[row] leading spaces."""
         if self.memo is None:
-            return self.dense(texts)
-        new = ~self.have[idx]
-        if new.any():
-            t, m = self.dense([x for x, n in zip(texts, new) if n])
-            self.memo[idx[new], 0], self.memo[idx[new], 1] = t, m
-            self.have[idx[new]] = True
-        return self.memo[idx, 0], self.memo[idx, 1]
+            return self.dense(texts, shifts)
+        words = []
+        for text, i in zip(texts, idx.tolist()):
+            if self.memo[i] is None:
+                self.memo[i] = self.dense.words(text)
+            words.append(self.memo[i])
+        return self.dense.from_words(words, shifts)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -340,7 +341,7 @@ def train(cfg: TrainConfig) -> dict:
         lexicon = words if words is not None else word_weights(tr_texts, tr_labels)
         dense = DenseTargets(lexicon, num_latents=mc.num_latents, max_length=cfg.max_length,
                              positions=position_period(mc)).normalised(tr_texts[:2000])
-        dense = DenseMemo(dense, len(pool), mc.num_latents)
+        dense = DenseMemo(dense, len(pool))
         workers = min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         if len(pool) >= PREFILL_MIN_POOL and workers >= 4:
             t0 = time.perf_counter()
@@ -368,7 +369,11 @@ def train(cfg: TrainConfig) -> dict:
 
     def loss_of(idx: np.ndarray, step: int) -> torch.Tensor:
         batch = [pool[i] for i in idx]
-        enc = tok(batch, max_length=cfg.max_length, truncation=True, padding="longest")
+        shifts = None
+        if cfg.shift_augment:  # seeded by the step: a resumed run draws what the uninterrupted one did
+            shifts = np.random.default_rng([cfg.seed, step]).integers(0, cfg.shift_augment, len(idx))
+        texts = batch if shifts is None else [" " * s + t for s, t in zip(shifts.tolist(), batch)]
+        enc = tok(texts, max_length=cfg.max_length, truncation=True, padding="longest")
         x = torch.from_numpy(enc.input_ids).to(device, non_blocking=True)
         m = torch.from_numpy(enc.attention_mask).to(device, non_blocking=True)
         y = torch.from_numpy(targets[idx]).to(device, non_blocking=True)
@@ -376,7 +381,7 @@ def train(cfg: TrainConfig) -> dict:
             out = model(inputs=x, attention_mask=m, output_hidden_states=dense is not None)
         loss = -(y * torch.log_softmax(out.logits.float(), -1)).sum(-1).mean()
         if dense is not None:
-            t, tm = (torch.from_numpy(a).to(device) for a in dense(batch, idx))
+            t, tm = (torch.from_numpy(a).to(device) for a in dense(batch, idx, shifts))
             pred = trained["dense_head"](out.hidden_states[-1].float()).squeeze(-1)
             loss = loss + cfg.dense_weight * (((pred - t) ** 2) * tm).sum() / tm.sum()
         return loss

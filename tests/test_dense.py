@@ -113,19 +113,31 @@ def test_train_with_dense_distillation_saves_a_plain_classifier(tmp_path, review
 
 
 @pytest.mark.parametrize("max_bytes", [1 << 30, 0])
-def test_dense_memo_gives_the_targets_of_each_text(max_bytes):
+def test_dense_memo_gives_the_targets_of_each_text_at_each_shift(max_bytes):
     from pcv.export.train import DenseMemo
 
-    pool = ["a great film", "an awful, awful film", "great", "awful acting but a great plot " * 5]
+    pool = ["a great film", "an awful, awful film", "great", "awful acting but a great plot " * 5, "déjà vu: great"]
     dense = DenseTargets({"great": 1.0, "awful": -1.0, "plot": 0.5}, num_latents=4, max_length=64)
-    memo = DenseMemo(dense, len(pool), 4, max_bytes=max_bytes)
+    memo = DenseMemo(dense, len(pool), max_bytes=max_bytes)
     assert (memo.memo is None) == (max_bytes == 0)
-    for idx in ([0, 2], [3, 0, 1], [1, 1, 3], [2]):  # texts seen before and new ones, a text twice in a batch
-        idx = np.array(idx)
-        t, m = memo([pool[i] for i in idx], idx)
-        want_t, want_m = dense([pool[i] for i in idx])
+    for idx, shifts in (([0, 2], None), ([3, 0, 1], [0, 5, 15]), ([1, 1, 3], [3, 0, 7]), ([2, 4], [16, 1])):
+        idx = np.array(idx)  # texts seen before and new ones, a text twice in a batch
+        t, m = memo([pool[i] for i in idx], idx, None if shifts is None else np.array(shifts))
+        # a shift is leading spaces: the targets of the shifted texts themselves
+        want_t, want_m = dense([" " * s + pool[i] for i, s in zip(idx, shifts or [0] * len(idx))])
         np.testing.assert_array_equal(t, want_t)
         np.testing.assert_array_equal(m, want_m)
+
+
+def test_shifted_targets_move_the_words_and_cut_at_max_length():
+    d = DenseTargets({"great": 2.0, "film": -1.0}, num_latents=4, max_length=16)  # 4-byte windows
+    t, m = d(["great film"], np.array([0]))  # [CLS] at 0: great at 1 (window 0), film at 7 (window 1)
+    np.testing.assert_array_equal(t[0], [2.0, -1.0, 0, 0])
+    t, m = d(["great film"], np.array([3]))  # great at 4 (window 1), film at 10 (window 2)
+    np.testing.assert_array_equal(t[0], [0, 2.0, -1.0, 0])
+    np.testing.assert_array_equal(m[0], [1, 1, 1, 1])  # 3 + 10 bytes + 2 specials = 15 tokens
+    t, _ = d(["great film"], np.array([8]))  # film would start at 15, where truncation puts [SEP]
+    np.testing.assert_array_equal(t[0], [0, 0, 2.0, 0])
 
 
 def test_dense_memo_prefill_in_processes_gives_the_same_targets(reviews):
@@ -133,12 +145,47 @@ def test_dense_memo_prefill_in_processes_gives_the_same_targets(reviews):
 
     pool = [r["text"] for r in reviews[:50]] + ["", "great"]
     dense = DenseTargets({"great": 1.0, "awful": -1.0, "plot": 0.5, "film": 0.25}, num_latents=16, max_length=512)
-    memo = DenseMemo(dense, len(pool), 16)
+    memo = DenseMemo(dense, len(pool))
     memo.prefill(pool, workers=2)
-    assert memo.have.all()
+    assert all(w is not None for w in memo.memo)
     idx = np.arange(len(pool))[::-1]
     t, m = memo([pool[i] for i in idx], idx)
     want_t, want_m = dense([pool[i] for i in idx])
     np.testing.assert_array_equal(t, want_t)
     np.testing.assert_array_equal(m, want_m)
     assert t.any()
+
+
+def test_shift_augment_trains_on_shifted_texts_with_their_targets(tmp_path, reviews, monkeypatch, capsys):
+    from pcv.export import train as train_mod
+
+    seen = []
+    real_call = train_mod.DenseMemo.__call__
+
+    def spy(self, texts, idx, shifts=None):
+        seen.append(None if shifts is None else shifts.copy())
+        return real_call(self, texts, idx, shifts)
+
+    real_tok = train_mod.PerceiverByteTokenizer.__call__
+    leading = []
+
+    def tok_spy(self, texts, **kw):
+        leading.extend(len(t) - len(t.lstrip(" ")) for t in texts)
+        return real_tok(self, texts, **kw)
+
+    monkeypatch.setattr(train_mod.DenseMemo, "__call__", spy)
+    p = tmp_path / "train.jsonl"
+    rows = [r for r in reviews if r["label"] == 0][:24] + [r for r in reviews if r["label"] == 1][:24]
+    p.write_text("".join(json.dumps({"text": r["text"].lstrip(), "label": r["label"]}) + "\n" for r in rows))
+    args = [str(p), "--out", str(tmp_path / "m"), "--dense-weight", "1.0", "--epochs", "1", "--num-latents", "16",
+            "--d-latents", "32", "--d-model", "64", "--num-layers", "1", "--self-heads", "2", "--cross-heads", "2",
+            "--max-length", "128", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "2", "--eval-every", "3",
+            "--checkpoint-every", "3"]
+    assert train_main([*args, "--shift-augment", "33"]) == 2  # over a quarter of --max-length
+    assert "--shift-augment 33" in capsys.readouterr().err
+    monkeypatch.setattr(train_mod.PerceiverByteTokenizer, "__call__", tok_spy)
+    assert train_main([*args, "--shift-augment", "4"]) == 0
+    drawn = np.concatenate(seen)
+    assert drawn.min() >= 0 and drawn.max() <= 3 and len(set(drawn.tolist())) > 1
+    assert sorted(set(leading)) == sorted(set(drawn.tolist()) | {0})  # training texts shifted; evaluation ones not
+    assert json.loads((tmp_path / "m" / "metrics.json").read_text())["config"]["shift_augment"] == 4
