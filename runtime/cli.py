@@ -215,7 +215,7 @@ def _run(args: argparse.Namespace) -> int:
 
     show = not args.quiet and sys.stderr.isatty()
     n_ok = n_bad = n_trunc = 0
-    score = Score(tuple(info.id2label[i] for i in range(len(info.id2label))), state)
+    score = Score(tc.labels, state)
     bar = None
     if show:
         from tqdm import tqdm

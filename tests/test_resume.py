@@ -3,6 +3,7 @@ record exactly once, in order, with the predictions of an uninterrupted run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -29,23 +30,30 @@ def _run(src, out, model, *extra):
     return main([str(src), "-o", str(out), "--model", str(model), "--window", "10", "--batch-size", "4", "-q", *extra])
 
 
-def test_interrupt_then_resume_equals_uninterrupted(tmp_path, src, tiny_dir, monkeypatch, capsys):
-    full = tmp_path / "full.jsonl"
-    assert _run(src, full, tiny_dir) == 1  # one bad line
+@contextlib.contextmanager
+def _interrupted_at_run(n, monkeypatch):
+    """Ctrl-C during the n-th session.run, as a user would press it mid-file."""
     real = session_mod.OnnxClassifier.logits
     calls = {"n": 0}
 
     def flaky(self, ids, mask):
         calls["n"] += 1
-        if calls["n"] == 9:
+        if calls["n"] == n:
             raise KeyboardInterrupt
         return real(self, ids, mask)
 
-    out = tmp_path / "part.jsonl"
     monkeypatch.setattr(session_mod.OnnxClassifier, "logits", flaky)
-    assert _run(src, out, tiny_dir) == 130
-    assert "--resume" in capsys.readouterr().err
+    yield
     monkeypatch.setattr(session_mod.OnnxClassifier, "logits", real)
+
+
+def test_interrupt_then_resume_equals_uninterrupted(tmp_path, src, tiny_dir, monkeypatch, capsys):
+    full = tmp_path / "full.jsonl"
+    assert _run(src, full, tiny_dir) == 1  # one bad line
+    out = tmp_path / "part.jsonl"
+    with _interrupted_at_run(9, monkeypatch):
+        assert _run(src, out, tiny_dir) == 130
+    assert "--resume" in capsys.readouterr().err
     state = json.loads((tmp_path / "part.jsonl.pcv-state.json").read_text())
     assert 0 < state["records"] < 91 and not state["complete"]
     with open(out, "ab") as f:
@@ -64,19 +72,9 @@ def test_resumed_run_scores_the_whole_file(tmp_path, review_texts, reviews, tiny
                            for i, r in enumerate(reviews[:60])))
     assert _run(src, tmp_path / "full.jsonl", tiny_dir, "--label-field", "label") == 0
     want = [line for line in capsys.readouterr().err.splitlines() if "accuracy" in line]
-    real = session_mod.OnnxClassifier.logits
-    calls = {"n": 0}
-
-    def flaky(self, ids, mask):
-        calls["n"] += 1
-        if calls["n"] == 9:
-            raise KeyboardInterrupt
-        return real(self, ids, mask)
-
     out = tmp_path / "part.jsonl"
-    monkeypatch.setattr(session_mod.OnnxClassifier, "logits", flaky)
-    assert _run(src, out, tiny_dir, "--label-field", "label") == 130
-    monkeypatch.setattr(session_mod.OnnxClassifier, "logits", real)
+    with _interrupted_at_run(9, monkeypatch):
+        assert _run(src, out, tiny_dir, "--label-field", "label") == 130
     capsys.readouterr()
     assert 0 < json.loads((tmp_path / "part.jsonl.pcv-state.json").read_text())["scored"] < 60
     assert _run(src, out, tiny_dir, "--label-field", "label", "--resume") == 0
