@@ -168,15 +168,19 @@ class DenseTargets:
                    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Targets and mask of texts given by their words, each read after shifts[row] leading spaces
         (the same as those of the shifted texts: spaces are no words, they only move the bytes)."""
-        targets = np.zeros((len(words), self.n), np.float32)
-        mask = np.zeros((len(words), self.n), np.float32)
-        for row, (pos, weight, n_bytes) in enumerate(words):
-            s = 0 if shifts is None else int(shifts[row])
-            used = min(n_bytes + s + 2, self.max_length)  # [CLS] + bytes + [SEP], truncated
-            mask[row, : -(-used // self.window)] = 1.0  # past n when the windows repeat: all of them
-            p = pos + s
-            keep = p < used - 1  # content bytes sit at 1 .. used - 2; [SEP] takes the last place
-            targets[row] = np.bincount((p[keep] % self.positions) // self.window, weights=weight[keep], minlength=self.n)
+        b = len(words)
+        shift = np.zeros(b, np.int64) if shifts is None else np.asarray(shifts, np.int64)
+        n_bytes = np.fromiter((w[2] for w in words), np.int64, b)
+        used = np.minimum(n_bytes + shift + 2, self.max_length)  # [CLS] + bytes + [SEP], truncated
+        # past n when the windows repeat: all of them
+        mask = (np.arange(self.n) < -(-used // self.window)[:, None]).astype(np.float32)
+        counts = np.fromiter((len(w[0]) for w in words), np.int64, b)
+        rows = np.repeat(np.arange(b), counts)
+        pos = (np.concatenate([w[0] for w in words]) if b else np.zeros(0, np.int64)) + shift[rows]
+        weight = np.concatenate([w[1] for w in words]) if b else np.zeros(0, np.float32)
+        keep = pos < used[rows] - 1  # content bytes sit at 1 .. used - 2; [SEP] takes the last place
+        cell = rows[keep] * self.n + (pos[keep] % self.positions) // self.window
+        targets = np.bincount(cell, weights=weight[keep], minlength=b * self.n).reshape(b, self.n).astype(np.float32)
         return targets, mask
 
     def __call__(self, texts: list[str], shifts: npt.NDArray[np.int64] | None = None
