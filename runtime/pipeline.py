@@ -58,7 +58,8 @@ class _Window:
     batches: list[Batch]
     truncated: npt.NDArray[np.bool_]  # (len(good),)
     tails: npt.NDArray[np.int64]  # good texts also read from their end (head-tail); their tail windows follow the heads
-    views: int  # texts per view: len(good) heads + len(tails) tails; view k (shift k) is the k-th block of them
+    per_shift: int  # windows read at each shift: the len(good) heads, then the len(tails) tails; the batches index
+    # len(shifts) such blocks, the k-th read after shifts[k] leading spaces
 
 
 def check_shifts(shifts: tuple[int, ...], max_length: int) -> None:
@@ -108,7 +109,7 @@ def _prepare(records: list[Record], tok: PerceiverByteTokenizer, max_length: int
         views += tail_texts
         lengths += [byte_lengths + s, _byte_lengths(tail_texts)]
     batches = plan_and_tokenize(views, max_length=max_length, plan=plan, tok=tok, byte_lengths=np.concatenate(lengths))
-    return _Window(records, good, batches, truncated, tails, len(texts) + len(tails))
+    return _Window(records, good, batches, truncated, tails, per_shift=len(texts) + len(tails))
 
 
 def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: PipelineConfig = PipelineConfig()) -> Iterator[Result]:
@@ -158,10 +159,10 @@ def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: Pipeli
             if isinstance(item, BaseException):
                 raise item
             n = len(item.good)
-            views = np.zeros((len(cfg.shifts) * item.views, len(clf.info.id2label)), dtype=np.float32)
+            views = np.zeros((len(cfg.shifts) * item.per_shift, len(clf.info.id2label)), dtype=np.float32)
             for (idx, _, _), p in zip(item.batches, pool.map(run, item.batches) if pool else map(run, item.batches)):
                 views[idx] = p
-            views = views.reshape(len(cfg.shifts), item.views, -1)
+            views = views.reshape(len(cfg.shifts), item.per_shift, -1)
             views[:, item.tails] = (views[:, item.tails] + views[:, n:]) / 2  # head-tail: the mean of both windows
             probs = views[:, :n].mean(0)  # the mean over the shifts
             slot = {pos: k for k, pos in enumerate(item.good)}
