@@ -103,6 +103,17 @@ def build_config(size: ModelSize, id2label: dict[int, str] | None = None) -> Per
     )
 
 
+def model_size(config: PerceiverConfig) -> ModelSize:
+    """The ModelSize a config was built from (build_config's inverse)."""
+    return ModelSize(
+        num_latents=config.num_latents, d_latents=config.d_latents, d_model=config.d_model,
+        num_layers=config.num_self_attends_per_block, self_heads=config.num_self_attention_heads,
+        cross_heads=config.num_cross_attention_heads, max_length=config.max_position_embeddings,
+        qk_channels=config.qk_channels, v_channels=config.v_channels,
+        cross_widening=config.cross_attention_widening_factor, self_widening=config.self_attention_widening_factor,
+    )
+
+
 def _is_local(model: str) -> bool:
     return Path(model).exists() or model.startswith((".", "/", "~")) or os.sep in model and Path(model).parent.exists()
 

@@ -25,8 +25,8 @@ from pcv.runtime.tokenizer import text_as_read, token_lengths
 
 from .fastattn import use_fused_attention
 from .loop import average_weights, bf16_autocast, record_eval, run_steps, say_precision, start
-from .modeling import (IMDB_LABELS, ModelSize, add_layers, build_config, extend_positions, load_classifier, patch_init, position_period,
-                       set_attention_dropout)
+from .modeling import (IMDB_LABELS, ModelSize, add_layers, build_config, extend_positions, load_classifier, model_size, patch_init,
+                       position_period, set_attention_dropout)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -406,7 +406,8 @@ def train(cfg: TrainConfig) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "history": state["history"],
-        "config": asdict(cfg),
+        # the size trained, which with init_from is the loaded model's, not cfg.size
+        "config": asdict(cfg) | {"size": asdict(model_size(model.config))},
         "finished": state["step"] >= total_steps,
     }
     if averaged:

@@ -4,13 +4,14 @@ pcv-train --init-from ... --grow-layers N."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 
 from pcv.export.cli import train_main
-from pcv.export.modeling import add_layers, load_classifier, patch_init
+from pcv.export.modeling import ModelSize, add_layers, build_config, load_classifier, model_size, patch_init
 from pcv.export.onnx_export import ExportConfig, export_onnx
 
 from conftest import tiny_model, torch_logits
@@ -80,10 +81,20 @@ def test_train_grows_a_model_trains_its_new_layers_and_resumes(tmp_path, reviews
     trained = load_classifier(str(out))
     assert trained.config.num_self_attends_per_block == 2
     assert trained.perceiver.encoder.self_attends[1].mlp.dense2.weight.abs().max() > 0  # the new layer learned
-    assert json.loads((out / "metrics.json").read_text())["config"]["grow_layers"] == 2
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    assert config["grow_layers"] == 2
+    # the size recorded is the model trained (loaded, then grown), not the --num-latents/... defaults
+    assert config["size"] == asdict(model_size(trained.config))
+    assert config["size"]["num_layers"] == 2 and config["size"]["num_latents"] == trained.config.num_latents
     args[args.index("--epochs") + 1] = "2"
     assert train_main(args) == 0  # the same command with more epochs resumes into the grown model
     assert "resumed from" in capsys.readouterr().out
+
+
+def test_model_size_inverts_build_config():
+    size = ModelSize(num_latents=16, d_latents=48, d_model=24, num_layers=3, self_heads=4, cross_heads=2, max_length=512,
+                     qk_channels=32, v_channels=48, cross_widening=2, self_widening=4)
+    assert model_size(build_config(size)) == size
 
 
 def test_grow_layers_needs_a_model_and_more_layers(tmp_path, reviews, capsys):
