@@ -81,21 +81,21 @@ class ModelSize:
     self_widening: int = 1  # MLP width in the latent self-attention layers
 
 
+# ModelSize field -> PerceiverConfig key: one table for build_config and its inverse, model_size
+_CONFIG_KEYS = {
+    "num_latents": "num_latents", "d_latents": "d_latents", "d_model": "d_model",
+    "num_layers": "num_self_attends_per_block", "self_heads": "num_self_attention_heads",
+    "cross_heads": "num_cross_attention_heads", "max_length": "max_position_embeddings",
+    "qk_channels": "qk_channels", "v_channels": "v_channels",
+    "cross_widening": "cross_attention_widening_factor", "self_widening": "self_attention_widening_factor",
+}
+
+
 def build_config(size: ModelSize, id2label: dict[int, str] | None = None) -> PerceiverConfig:
     id2label = id2label or IMDB_LABELS
     return PerceiverConfig(
-        num_latents=size.num_latents,
-        d_latents=size.d_latents,
-        d_model=size.d_model,
+        **{key: getattr(size, f) for f, key in _CONFIG_KEYS.items()},
         num_blocks=1,
-        num_self_attends_per_block=size.num_layers,
-        num_self_attention_heads=size.self_heads,
-        num_cross_attention_heads=size.cross_heads,
-        qk_channels=size.qk_channels,
-        v_channels=size.v_channels,
-        max_position_embeddings=size.max_length,
-        cross_attention_widening_factor=size.cross_widening,
-        self_attention_widening_factor=size.self_widening,
         vocab_size=262,
         num_labels=len(id2label),
         id2label={int(k): v for k, v in id2label.items()},
@@ -105,13 +105,7 @@ def build_config(size: ModelSize, id2label: dict[int, str] | None = None) -> Per
 
 def model_size(config: PerceiverConfig) -> ModelSize:
     """The ModelSize a config was built from (build_config's inverse)."""
-    return ModelSize(
-        num_latents=config.num_latents, d_latents=config.d_latents, d_model=config.d_model,
-        num_layers=config.num_self_attends_per_block, self_heads=config.num_self_attention_heads,
-        cross_heads=config.num_cross_attention_heads, max_length=config.max_position_embeddings,
-        qk_channels=config.qk_channels, v_channels=config.v_channels,
-        cross_widening=config.cross_attention_widening_factor, self_widening=config.self_attention_widening_factor,
-    )
+    return ModelSize(**{f: getattr(config, key) for f, key in _CONFIG_KEYS.items()})
 
 
 def _is_local(model: str) -> bool:
