@@ -101,6 +101,10 @@ def train_main(argv: list[str] | None = None) -> int:
                    help="train on each text after 0..W-1 leading spaces (drawn per example and step), so that the "
                         "model reads a text alike wherever its bytes fall in the latents' patches (8 bytes at the "
                         "default sizes; pcv-batch --shifts shows the sensitivity). Default 0: off")
+    p.add_argument("--splice-augment", type=float, default=0.0, metavar="P",
+                   help="replace this share of each batch (0-1) by splices: the start of its text and the end of "
+                        "another pool text, cut at whitespace, labelled by the n-gram teacher (--teacher ngram): "
+                        "texts nobody wrote, whose labels cannot be memorised. Default 0: off")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--val-limit", type=int)
     p.add_argument("--average-last", type=int, default=0, metavar="N",
@@ -112,6 +116,10 @@ def train_main(argv: list[str] | None = None) -> int:
         p.error("the following arguments are required: --out (or --write-split DIR)")
     if not 0 <= a.shift_augment <= a.max_length // 4:
         return _fail(f"--shift-augment {a.shift_augment}: 0 (off) to a quarter of --max-length ({a.max_length // 4})")
+    if not 0 <= a.splice_augment <= 1:
+        return _fail(f"--splice-augment {a.splice_augment}: a share of each batch, 0 (off) to 1")
+    if a.splice_augment and a.teacher != "ngram":
+        return _fail("--splice-augment needs --teacher ngram: the teacher labels the spliced texts")
     if a.average_last < 0 or a.average_last == 1:
         return _fail(f"--average-last {a.average_last}: 0 (off) or the number of checkpoints to average, at least 2")
     if bad := _check_run_args(a):
@@ -124,7 +132,7 @@ def train_main(argv: list[str] | None = None) -> int:
         data=tuple(a.data), out=a.out or "", init_from=a.init_from, grow_layers=a.grow_layers, init=a.init,
         size=_size(a), text_field=a.text_field, label_field=a.label_field, labels=tuple(a.labels.split(",")),
         unlabelled=tuple(a.unlabelled), teacher=a.teacher, teacher_cache=a.teacher_cache, distill_weight=a.distill_weight,
-        dense_weight=a.dense_weight, shift_augment=a.shift_augment,
+        dense_weight=a.dense_weight, shift_augment=a.shift_augment, splice_augment=a.splice_augment,
         val_fraction=a.val_fraction, val_limit=a.val_limit, average_last=a.average_last, **_run_args(a),
     )
     try:

@@ -16,6 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 FOLDS = 5  # cross-validation folds for the teacher's probabilities on its own training texts
+# Word tokens as sklearn's vectorizers find them: 2+ word characters.
+_WORD = re.compile(r"(?u)\b\w\w+\b")
 
 
 def teacher_probs(
@@ -32,14 +34,12 @@ def teacher_probs(
     probe_texts (P, C)). Probe texts are only scored, never part of the vectoriser's fit, so they
     leave the other outputs unchanged (pcv-train scores the validation texts cut to the student's
     max_length: the ceiling a student of that length can reach by copying the teacher)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
-    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=400_000, sublinear_tf=True, lowercase=True)
+    vec = _vectoriser()
     x_all = vec.fit_transform(list(train_texts) + list(other_texts))  # unsupervised: no labels used
     x_train, x_other = x_all[: len(train_texts)], x_all[len(train_texts) :]
-    make = lambda: LogisticRegression(C=8.0, max_iter=2000)  # noqa: E731
+    make = _classifier
     cv = np.zeros((len(train_texts), num_labels), dtype=np.float32)
     for fit_idx, pred_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x_train, train_labels):
         cv[pred_idx] = make().fit(x_train[fit_idx], train_labels[fit_idx]).predict_proba(x_train[pred_idx])
@@ -48,6 +48,66 @@ def teacher_probs(
     other = full.predict_proba(x_other).astype(np.float32) if len(other_texts) else empty
     probe = full.predict_proba(vec.transform(list(probe_texts))).astype(np.float32) if len(probe_texts) else empty
     return cv, other, probe
+
+
+def _vectoriser():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=400_000, sublinear_tf=True, lowercase=True)
+
+
+def _classifier():
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=8.0, max_iter=2000)
+
+
+def fit_scorer(train_texts: list[str], train_labels: npt.NDArray[np.int64], other_texts: list[str]) -> dict[str, np.ndarray]:
+    """The teacher as teacher_probs fits it on all of train_texts (its vectoriser on train + other texts),
+    as plain arrays for NgramScorer: it then scores texts made during training (pcv-train
+    --splice-augment) and can be cached without pickle."""
+    vec = _vectoriser()
+    x_all = vec.fit_transform(list(train_texts) + list(other_texts))
+    lr = _classifier().fit(x_all[: len(train_texts)], train_labels)
+    vocab = vec.get_feature_names_out().tolist()
+    assert not any("\n" in v for v in vocab), "n-grams are word characters and spaces"
+    return {"vocab": np.frombuffer("\n".join(vocab).encode("utf-8"), np.uint8), "idf": vec.idf_.astype(np.float32),
+            "coef": lr.coef_.astype(np.float32), "intercept": lr.intercept_.astype(np.float32)}
+
+
+class NgramScorer:
+    """The fitted n-gram teacher in numpy: TF-IDF of lower-cased word 1-2-grams (sublinear tf, l2
+    norm) and logistic regression, as sklearn computes them (tests compare it to predict_proba).
+    Built from fit_scorer's arrays; ~0.3 ms a review."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        vocab = bytes(arrays["vocab"]).decode("utf-8").split("\n")
+        self.index = {v: i for i, v in enumerate(vocab)}
+        self.idf = arrays["idf"].astype(np.float64)
+        self.coef = arrays["coef"].astype(np.float64)  # (1, F) for two labels, else (C, F)
+        self.intercept = arrays["intercept"].astype(np.float64)
+
+    def features(self, text: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """(feature ids, tf-idf values) of one text, l2-normalised."""
+        words = _WORD.findall(text.lower())
+        grams = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+        ids = np.fromiter((i for g in grams if (i := self.index.get(g)) is not None), np.int64)
+        ids, counts = np.unique(ids, return_counts=True)
+        x = (np.log(counts) + 1.0) * self.idf[ids]
+        norm = np.sqrt((x * x).sum())
+        return ids, x / norm if norm > 0 else x
+
+    def __call__(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        """Probabilities (N, C)."""
+        z = np.empty((len(texts), len(self.intercept)))
+        for r, text in enumerate(texts):
+            ids, x = self.features(text)
+            z[r] = self.coef[:, ids] @ x + self.intercept
+        if z.shape[1] == 1:  # binary: sklearn's sigmoid of the one decision function
+            p = 1.0 / (1.0 + np.exp(-z[:, 0]))
+            return np.stack([1.0 - p, p], 1).astype(np.float32)
+        z = np.exp(z - z.max(1, keepdims=True))
+        return (z / z.sum(1, keepdims=True)).astype(np.float32)
 
 
 def fingerprint(texts: Iterable[str], *arrays: npt.NDArray, settings: object = ()) -> str:
@@ -81,10 +141,6 @@ def cached(path: str | Path | None, key: str, build: Callable[[], dict[str, np.n
         np.savez(f, key=np.array(key), **arrays)
     tmp.replace(path)
     return arrays
-
-
-# Word tokens as sklearn's vectorizers find them: 2+ word characters.
-_WORD = re.compile(r"(?u)\b\w\w+\b")
 
 
 def word_weights(texts: list[str], labels: npt.NDArray[np.int64], *, c: float = 0.5) -> dict[str, float]:

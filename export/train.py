@@ -48,6 +48,7 @@ class TrainConfig:
     fused_attention: bool = True  # train through torch's scaled_dot_product_attention (fastattn)
     attention_dropout: float | None = None  # None: the model's own (config attention_probs_dropout_prob)
     shift_augment: int = 0  # > 0: each training text read after 0..shift_augment-1 leading spaces, drawn per step
+    splice_augment: float = 0.0  # > 0: this share of each batch replaced by splices of two pool texts, scored by the teacher
     max_length: int = 2048
     batch_size: int = 32
     lr: float = 5e-5  # the reference recipe (pretrained start); fresh models want ~5e-4
@@ -148,6 +149,17 @@ def write_split(cfg: TrainConfig, dest: str | Path) -> dict[str, int]:
     return {name: len(idx) for name, idx in parts.items()}
 
 
+def splice(a: str, b: str, rng: np.random.Generator) -> str:
+    """The start of `a` and the end of `b`, each cut at a whitespace between a quarter and three
+    quarters of the way in: a text nobody wrote, so a model cannot have memorised its label (pcv-train
+    --splice-augment has the teacher score it)."""
+    def cut(t: str) -> int:
+        i = int(len(t) * rng.uniform(0.25, 0.75))
+        j = next((k for k in range(i, len(t)) if t[k].isspace()), len(t))
+        return j
+    return a[: cut(a)] + b[cut(b) :]
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -229,11 +241,15 @@ class DenseMemo:
                 self.memo[a : a + len(words)] = words
 
     def __call__(self, texts: list[str], idx: np.ndarray, shifts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Targets of pool texts `idx` (their `texts`), each after shifts[row] leading spaces."""
+        """Targets of pool texts `idx` (their `texts`; idx -1: a text made in training, not memoised),
+        each after shifts[row] leading spaces."""
         if self.memo is None:
             return self.dense(texts, shifts)
         words = []
         for text, i in zip(texts, idx.tolist()):
+            if i < 0:
+                words.append(self.dense.words(text))
+                continue
             if self.memo[i] is None:
                 self.memo[i] = self.dense.words(text)
             words.append(self.memo[i])
@@ -286,6 +302,7 @@ def train(cfg: TrainConfig) -> dict:
     # Targets: soft distributions (N, C). Without a teacher they are one-hot.
     targets = np.eye(num_labels, dtype=np.float32)[tr_labels]
     pool = list(tr_texts)
+    scorer = None  # with splice_augment: the teacher as a function of any text (teacher.NgramScorer)
     teacher_val_acc = teacher_val_acc_cut = None
     words = None  # the dense teacher's lexicon (word, weight)
     if cfg.teacher == "ngram":
@@ -319,8 +336,21 @@ def train(cfg: TrainConfig) -> dict:
         targets = w * cv + (1 - w) * targets
         pool += unl
         targets = np.concatenate([targets, other[len(va_texts) :]]).astype(np.float32)
+        if cfg.splice_augment > 0:
+            from .teacher import NgramScorer, fit_scorer
+
+            t0 = time.time()
+            path = Path(cfg.teacher_cache) if cfg.teacher_cache else None
+            scorer = NgramScorer(cached(
+                path and path.with_name(path.stem + ".scorer.npz"),
+                fingerprint(tr_texts + va_texts + unl, tr_labels, settings=("ngram-scorer-1", num_labels)),
+                lambda: fit_scorer(tr_texts, tr_labels, va_texts + unl)))
+            print(f"teacher: scorer for spliced texts ready, {len(scorer.index):,} n-grams ({time.time() - t0:.0f}s)",
+                  flush=True)
     elif cfg.teacher != "none":
         raise ValueError(f"teacher {cfg.teacher!r}: use 'none' or 'ngram'")
+    if cfg.splice_augment > 0 and scorer is None:
+        raise ValueError("splice_augment needs the n-gram teacher to score the spliced texts: teacher='ngram'")
 
     model.config.id2label = id2label
     model.config.label2id = {v: k for k, v in id2label.items()}
@@ -369,6 +399,17 @@ def train(cfg: TrainConfig) -> dict:
 
     def loss_of(idx: np.ndarray, step: int) -> torch.Tensor:
         batch = [pool[i] for i in idx]
+        y = targets[idx]  # (B, C)
+        memo_idx = idx
+        if scorer is not None:  # seeded by the step, as the shifts: a resume draws the same splices
+            rng = np.random.default_rng([cfg.seed, step, 1])
+            rows = np.flatnonzero(rng.random(len(idx)) < cfg.splice_augment)
+            for r, j in zip(rows.tolist(), rng.integers(0, len(pool), len(rows)).tolist()):
+                batch[r] = splice(batch[r], pool[j], rng)
+            if len(rows):
+                y, memo_idx = y.copy(), idx.copy()
+                y[rows] = scorer([batch[r] for r in rows])  # no gold label: the teacher's alone
+                memo_idx[rows] = -1
         shifts = None
         if cfg.shift_augment:  # seeded by the step: a resumed run draws what the uninterrupted one did
             shifts = np.random.default_rng([cfg.seed, step]).integers(0, cfg.shift_augment, len(idx))
@@ -376,12 +417,12 @@ def train(cfg: TrainConfig) -> dict:
         enc = tok(texts, max_length=cfg.max_length, truncation=True, padding="longest")
         x = torch.from_numpy(enc.input_ids).to(device, non_blocking=True)
         m = torch.from_numpy(enc.attention_mask).to(device, non_blocking=True)
-        y = torch.from_numpy(targets[idx]).to(device, non_blocking=True)
+        y = torch.from_numpy(y).to(device, non_blocking=True)
         with bf16_autocast(device, cfg.bf16):
             out = model(inputs=x, attention_mask=m, output_hidden_states=dense is not None)
         loss = -(y * torch.log_softmax(out.logits.float(), -1)).sum(-1).mean()
         if dense is not None:
-            t, tm = (torch.from_numpy(a).to(device) for a in dense(batch, idx, shifts))
+            t, tm = (torch.from_numpy(a).to(device) for a in dense(batch, memo_idx, shifts))
             pred = trained["dense_head"](out.hidden_states[-1].float()).squeeze(-1)
             loss = loss + cfg.dense_weight * (((pred - t) ** 2) * tm).sum() / tm.sum()
         return loss

@@ -1,0 +1,123 @@
+"""Splice augmentation (pcv-train --splice-augment): texts made in training from two pool texts, labelled
+by the n-gram teacher as a function of any text (teacher.NgramScorer)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pcv.export.cli import train_main
+from pcv.export.teacher import DenseTargets, NgramScorer, fit_scorer, teacher_probs
+from pcv.export.train import DenseMemo, splice
+
+
+@pytest.fixture()
+def parts(reviews):
+    by_label = [[r["text"] for r in reviews if r["label"] == k] for k in (0, 1)]  # the shared file is sorted by label
+    return by_label[0][:30] + by_label[1][:30], by_label[0][30:40] + by_label[1][30:40]
+
+
+@pytest.mark.parametrize("num_labels", [2, 3], ids=["binary", "three-labels"])
+def test_scorer_gives_the_teachers_probabilities(parts, num_labels):
+    train, other = parts
+    y = np.repeat([0, 1], 30)
+    if num_labels == 3:
+        y[::4] = 2  # a third label: sklearn's multinomial regression, softmax instead of the sigmoid
+    rng = np.random.default_rng(0)
+    made = [splice(other[i], train[j], rng) for i, j in zip(range(10), range(0, 60, 6))] + ["", "Great, GREAT film!"]
+    _, want_other, want_made = teacher_probs(train, y, other, num_labels=num_labels, probe_texts=made)
+    scorer = NgramScorer(fit_scorer(train, y, other))  # the same fit as teacher_probs' full teacher
+    np.testing.assert_allclose(scorer(other), want_other, atol=1e-6)
+    np.testing.assert_allclose(scorer(made), want_made, atol=1e-6)  # texts it never saw: the point of it
+
+
+def test_splice_is_the_start_of_one_text_and_the_end_of_another_cut_at_whitespace():
+    a, b = "one two three four five six seven eight", "ALPHA BETA GAMMA DELTA EPSILON ZETA"
+    seen = set()
+    for seed in range(200):
+        s = splice(a, b, np.random.default_rng(seed))
+        first_b = next((k for k, ch in enumerate(s) if ch.isupper()), len(s))
+        i = first_b - 1 if first_b < len(s) else len(s)  # b's part starts at the space before its first word
+        head, tail = s[:i], s[i:]
+        assert a.startswith(head) and b.endswith(tail) and len(a) // 4 <= len(head) <= len(a)
+        assert i == len(a) or a[i].isspace()  # a cut before a space ...
+        assert tail == "" or (tail[0].isspace() and len(tail) <= len(b) * 3 // 4 + 1)  # ... and b's part from one
+        seen.add(s)
+    assert len(seen) > 5
+    assert splice(a, b, np.random.default_rng(1)) == splice(a, b, np.random.default_rng(1))  # seeded
+    assert splice("", "", np.random.default_rng(0)) == ""
+    assert splice("nospace", "x", np.random.default_rng(0)) == "nospace"  # no whitespace: a whole, none of b
+
+
+def test_dense_memo_scores_made_texts_without_keeping_them():
+    pool = ["a great film", "an awful film"]
+    dense = DenseTargets({"great": 1.0, "awful": -1.0}, num_latents=4, max_length=64)
+    memo = DenseMemo(dense, len(pool))
+    texts = ["a great film", "awful great", "an awful film"]
+    t, m = memo(texts, np.array([0, -1, 1]), np.array([0, 2, 1]))
+    want_t, want_m = dense(texts, np.array([0, 2, 1]))
+    np.testing.assert_array_equal(t, want_t)
+    np.testing.assert_array_equal(m, want_m)
+    assert memo.memo[0] is not None and memo.memo[1] is not None  # pool texts memoised; the made one has no slot
+
+
+def test_splice_augment_trains_on_spliced_texts_with_the_teachers_targets(tmp_path, reviews, monkeypatch, capsys):
+    from pcv.export import train as train_mod
+
+    p = tmp_path / "train.jsonl"
+    rows = [r for r in reviews if r["label"] == 0][:24] + [r for r in reviews if r["label"] == 1][:24]
+    p.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows))
+    args = [str(p), "--dense-weight", "1.0", "--epochs", "1", "--num-latents", "16", "--d-latents", "32", "--d-model",
+            "64", "--num-layers", "1", "--self-heads", "2", "--cross-heads", "2", "--max-length", "256", "--batch-size",
+            "8", "--lr", "1e-3", "--warmup-steps", "2", "--eval-every", "50", "--attention-dropout", "0"]
+    assert train_main([*args, "--out", str(tmp_path / "x"), "--splice-augment", "0.5"]) == 2  # no teacher
+    assert "--splice-augment needs --teacher ngram" in capsys.readouterr().err
+    assert train_main([*args, "--out", str(tmp_path / "x"), "--teacher", "ngram", "--splice-augment", "1.5"]) == 2
+    assert "--splice-augment 1.5" in capsys.readouterr().err
+
+    scored, memo_rows, trained = [], [], []
+    real_score, real_memo = NgramScorer.__call__, DenseMemo.__call__
+    real_tok = train_mod.PerceiverByteTokenizer.__call__
+
+    def score_spy(self, texts):
+        scored.extend(texts)
+        return real_score(self, texts)
+
+    def memo_spy(self, texts, idx, shifts=None):
+        memo_rows.extend(zip(texts, idx.tolist()))
+        return real_memo(self, texts, idx, shifts)
+
+    def tok_spy(self, texts, **kw):
+        trained.extend(texts)
+        return real_tok(self, texts, **kw)
+
+    monkeypatch.setattr(NgramScorer, "__call__", score_spy)
+    monkeypatch.setattr(DenseMemo, "__call__", memo_spy)
+    monkeypatch.setattr(train_mod.PerceiverByteTokenizer, "__call__", tok_spy)
+    cache = tmp_path / "t.npz"
+    run = [*args, "--teacher", "ngram", "--teacher-cache", str(cache), "--splice-augment", "0.5"]
+    assert train_main([*run, "--out", str(tmp_path / "a")]) == 0
+    pool = {r["text"] for r in rows}
+    made = [t for t, i in memo_rows if i < 0]
+    assert made and sorted(made) == sorted(scored)  # every spliced text, and only those, scored by the teacher
+    assert all(t not in pool for t in made) and all(t in pool for t, i in memo_rows if i >= 0)
+    assert set(made) <= set(trained)  # and trained on
+    assert 0.2 < len(made) / len(memo_rows) < 0.8  # about half of each batch
+    assert (tmp_path / "t.scorer.npz").is_file()
+    with np.load(tmp_path / "t.scorer.npz", allow_pickle=False) as z:
+        assert {"vocab", "idf", "coef", "intercept"} <= set(z.files)
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert m["config"]["splice_augment"] == 0.5
+    # seeded by the step: a second run (its scorer from the cache) draws the same splices and trains the same weights
+    first = list(made)
+    scored.clear(), memo_rows.clear()
+    assert train_main([*run, "--out", str(tmp_path / "b")]) == 0
+    assert "loaded from" in capsys.readouterr().out
+    assert [t for t, i in memo_rows if i < 0] == first
+    from safetensors.numpy import load_file
+
+    wa, wb = (load_file(str(tmp_path / n / "model.safetensors")) for n in "ab")
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k])
