@@ -7,6 +7,7 @@ budget so long runs can be spread over sessions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -149,17 +150,6 @@ def write_split(cfg: TrainConfig, dest: str | Path) -> dict[str, int]:
     return {name: len(idx) for name, idx in parts.items()}
 
 
-def splice(a: str, b: str, rng: np.random.Generator) -> str:
-    """The start of `a` and the end of `b`, each cut at a whitespace between a quarter and three
-    quarters of the way in: a text nobody wrote, so a model cannot have memorised its label (pcv-train
-    --splice-augment has the teacher score it)."""
-    def cut(t: str) -> int:
-        i = int(len(t) * rng.uniform(0.25, 0.75))
-        j = next((k for k in range(i, len(t)) if t[k].isspace()), len(t))
-        return j
-    return a[: cut(a)] + b[cut(b) :]
-
-
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -240,20 +230,20 @@ class DenseMemo:
             for a, words in zip(starts, ex.map(dense_words_of, [texts[a : a + chunk] for a in starts])):
                 self.memo[a : a + len(words)] = words
 
-    def __call__(self, texts: list[str], idx: np.ndarray, shifts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Targets of pool texts `idx` (their `texts`; idx -1: a text made in training, not memoised),
-        each after shifts[row] leading spaces."""
+    def words(self, texts: list[str], idx: np.ndarray) -> list:
+        """The lexicon words (teacher.Words) of pool texts `idx`, whose texts are `texts`."""
         if self.memo is None:
-            return self.dense(texts, shifts)
+            return [self.dense.words(t) for t in texts]
         words = []
         for text, i in zip(texts, idx.tolist()):
-            if i < 0:
-                words.append(self.dense.words(text))
-                continue
             if self.memo[i] is None:
                 self.memo[i] = self.dense.words(text)
             words.append(self.memo[i])
-        return self.dense.from_words(words, shifts)
+        return words
+
+    def __call__(self, texts: list[str], idx: np.ndarray, shifts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Targets of pool texts `idx` (their `texts`), each after shifts[row] leading spaces."""
+        return self.dense.from_words(self.words(texts, idx), shifts)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -397,19 +387,23 @@ def train(cfg: TrainConfig) -> dict:
 
     tok = PerceiverByteTokenizer()
 
+    splicer = None
+    if scorer is not None:
+        from .splice import Splicer
+
+        splicer = Splicer(pool, scorer, share=cfg.splice_augment, batch_size=cfg.batch_size, seed=cfg.seed,
+                          words=dense.dense.words if dense is not None else None)
+
     def loss_of(idx: np.ndarray, step: int) -> torch.Tensor:
         batch = [pool[i] for i in idx]
         y = targets[idx]  # (B, C)
-        memo_idx = idx
-        if scorer is not None:  # seeded by the step, as the shifts: a resume draws the same splices
-            rng = np.random.default_rng([cfg.seed, step, 1])
-            rows = np.flatnonzero(rng.random(len(idx)) < cfg.splice_augment)
-            for r, j in zip(rows.tolist(), rng.integers(0, len(pool), len(rows)).tolist()):
-                batch[r] = splice(batch[r], pool[j], rng)
-            if len(rows):
-                y, memo_idx = y.copy(), idx.copy()
-                y[rows] = scorer([batch[r] for r in rows])  # no gold label: the teacher's alone
-                memo_idx[rows] = -1
+        made = splicer(step) if splicer is not None else None
+        if made is not None:  # splices replace some rows (the last batch of an epoch may have fewer)
+            rows = made.rows[made.rows < len(idx)]
+            y = y.copy()
+            y[rows] = made.probs[: len(rows)]  # no gold label: the teacher's alone
+            for r, text in zip(rows.tolist(), made.texts):
+                batch[r] = text
         shifts = None
         if cfg.shift_augment:  # seeded by the step: a resumed run draws what the uninterrupted one did
             shifts = np.random.default_rng([cfg.seed, step]).integers(0, cfg.shift_augment, len(idx))
@@ -422,15 +416,20 @@ def train(cfg: TrainConfig) -> dict:
             out = model(inputs=x, attention_mask=m, output_hidden_states=dense is not None)
         loss = -(y * torch.log_softmax(out.logits.float(), -1)).sum(-1).mean()
         if dense is not None:
-            t, tm = (torch.from_numpy(a).to(device) for a in dense(batch, memo_idx, shifts))
+            words = dense.words(batch, idx)
+            if made is not None:
+                for r, w in zip(rows.tolist(), made.words):
+                    words[r] = w
+            t, tm = (torch.from_numpy(a).to(device) for a in dense.dense.from_words(words, shifts))
             pred = trained["dense_head"](out.hidden_states[-1].float()).squeeze(-1)
             loss = loss + cfg.dense_weight * (((pred - t) ** 2) * tm).sum() / tm.sum()
         return loss
 
-    run_steps(model=trained, opt=opt, ckpt=ckpt, state=state, loss_of=loss_of, run_eval=run_eval, lr=lr,
-              pool_size=len(pool), batch_size=cfg.batch_size, total_steps=total_steps, order_seed=cfg.seed,
-              eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, max_minutes=cfg.max_minutes,
-              lengths=token_lengths(pool, cfg.max_length) if cfg.group_by_length else None, desc="train")
+    with splicer or contextlib.nullcontext():
+        run_steps(model=trained, opt=opt, ckpt=ckpt, state=state, loss_of=loss_of, run_eval=run_eval, lr=lr,
+                  pool_size=len(pool), batch_size=cfg.batch_size, total_steps=total_steps, order_seed=cfg.seed,
+                  eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, max_minutes=cfg.max_minutes,
+                  lengths=token_lengths(pool, cfg.max_length) if cfg.group_by_length else None, desc="train")
     averaged = average_last(model, ckpt, state, cfg, score, out)
     metrics = {
         "best_val_accuracy": state["best_acc"],

@@ -160,11 +160,11 @@ def test_shift_augment_trains_on_shifted_texts_with_their_targets(tmp_path, revi
     from pcv.export import train as train_mod
 
     seen = []
-    real_call = train_mod.DenseMemo.__call__
+    real_call = DenseTargets.from_words
 
-    def spy(self, texts, idx, shifts=None):
+    def spy(self, words, shifts=None):
         seen.append(None if shifts is None else shifts.copy())
-        return real_call(self, texts, idx, shifts)
+        return real_call(self, words, shifts)
 
     real_tok = train_mod.PerceiverByteTokenizer.__call__
     leading = []
@@ -173,7 +173,7 @@ def test_shift_augment_trains_on_shifted_texts_with_their_targets(tmp_path, revi
         leading.extend(len(t) - len(t.lstrip(" ")) for t in texts)
         return real_tok(self, texts, **kw)
 
-    monkeypatch.setattr(train_mod.DenseMemo, "__call__", spy)
+    monkeypatch.setattr(DenseTargets, "from_words", spy)
     p = tmp_path / "train.jsonl"
     rows = [r for r in reviews if r["label"] == 0][:24] + [r for r in reviews if r["label"] == 1][:24]
     p.write_text("".join(json.dumps({"text": r["text"].lstrip(), "label": r["label"]}) + "\n" for r in rows))
@@ -185,7 +185,7 @@ def test_shift_augment_trains_on_shifted_texts_with_their_targets(tmp_path, revi
     assert "--shift-augment 33" in capsys.readouterr().err
     monkeypatch.setattr(train_mod.PerceiverByteTokenizer, "__call__", tok_spy)
     assert train_main([*args, "--shift-augment", "4"]) == 0
-    drawn = np.concatenate(seen)
+    drawn = np.concatenate([s for s in seen if s is not None])  # None: the targets normalised before training
     assert drawn.min() >= 0 and drawn.max() <= 3 and len(set(drawn.tolist())) > 1
     assert sorted(set(leading)) == sorted(set(drawn.tolist()) | {0})  # training texts shifted; evaluation ones not
     assert json.loads((tmp_path / "m" / "metrics.json").read_text())["config"]["shift_augment"] == 4

@@ -10,7 +10,7 @@ import pytest
 
 from pcv.export.cli import train_main
 from pcv.export.teacher import DenseTargets, NgramScorer, fit_scorer, teacher_probs
-from pcv.export.train import DenseMemo, splice
+from pcv.export.splice import Splicer, splice
 
 
 @pytest.fixture()
@@ -51,16 +51,29 @@ def test_splice_is_the_start_of_one_text_and_the_end_of_another_cut_at_whitespac
     assert splice("nospace", "x", np.random.default_rng(0)) == "nospace"  # no whitespace: a whole, none of b
 
 
-def test_dense_memo_scores_made_texts_without_keeping_them():
-    pool = ["a great film", "an awful film"]
-    dense = DenseTargets({"great": 1.0, "awful": -1.0}, num_latents=4, max_length=64)
-    memo = DenseMemo(dense, len(pool))
-    texts = ["a great film", "awful great", "an awful film"]
-    t, m = memo(texts, np.array([0, -1, 1]), np.array([0, 2, 1]))
-    want_t, want_m = dense(texts, np.array([0, 2, 1]))
-    np.testing.assert_array_equal(t, want_t)
-    np.testing.assert_array_equal(m, want_m)
-    assert memo.memo[0] is not None and memo.memo[1] is not None  # pool texts memoised; the made one has no slot
+def test_splicer_makes_each_steps_splices_ahead_and_alike_in_any_order(parts):
+    pool = parts[0]
+    calls = []
+
+    def scorer(texts):
+        calls.append(list(texts))
+        return np.tile([[0.25, 0.75]], (len(texts), 1)).astype(np.float32)
+
+    def made_by(steps):
+        with Splicer(pool, scorer, share=0.5, batch_size=16, seed=3, words=len) as splicer:
+            return [splicer(k) for k in steps]
+
+    in_order = made_by(range(6))
+    assert 6 <= len(calls) <= 7  # steps 0..5, and step 6 made ahead unless the exit cancelled it first
+    again = made_by([4, 0, 5, 1])  # a resume starts anywhere: each step's splices depend on (seed, step) only
+    for k, m in zip([4, 0, 5, 1], again):
+        assert m.texts == in_order[k].texts and m.rows.tolist() == in_order[k].rows.tolist()
+        assert m.words == [len(t) for t in m.texts] and m.probs.shape == (len(m.rows), 2)
+    rows = np.concatenate([m.rows for m in in_order])
+    assert rows.min() >= 0 and rows.max() < 16 and 0.3 < len(rows) / (6 * 16) < 0.7
+    assert all(t not in pool for m in in_order for t in m.texts)
+    with pytest.raises(RuntimeError, match="with block"):
+        Splicer(pool, scorer, share=0.5, batch_size=4, seed=0)(0)
 
 
 def test_splice_augment_trains_on_spliced_texts_with_the_teachers_targets(tmp_path, reviews, monkeypatch, capsys):
@@ -77,45 +90,45 @@ def test_splice_augment_trains_on_spliced_texts_with_the_teachers_targets(tmp_pa
     assert train_main([*args, "--out", str(tmp_path / "x"), "--teacher", "ngram", "--splice-augment", "1.5"]) == 2
     assert "--splice-augment 1.5" in capsys.readouterr().err
 
-    scored, memo_rows, trained = [], [], []
-    real_score, real_memo = NgramScorer.__call__, DenseMemo.__call__
-    real_tok = train_mod.PerceiverByteTokenizer.__call__
+    from pcv.export.splice import Made
 
-    def score_spy(self, texts):
-        scored.extend(texts)
-        return real_score(self, texts)
+    made, trained = [], []
+    real_make, real_tok = Splicer.make, train_mod.PerceiverByteTokenizer.__call__
 
-    def memo_spy(self, texts, idx, shifts=None):
-        memo_rows.extend(zip(texts, idx.tolist()))
-        return real_memo(self, texts, idx, shifts)
+    def make_spy(self, step):
+        m = real_make(self, step)
+        made.append((step, m))
+        return m
 
     def tok_spy(self, texts, **kw):
         trained.extend(texts)
         return real_tok(self, texts, **kw)
 
-    monkeypatch.setattr(NgramScorer, "__call__", score_spy)
-    monkeypatch.setattr(DenseMemo, "__call__", memo_spy)
+    monkeypatch.setattr(Splicer, "make", make_spy)
     monkeypatch.setattr(train_mod.PerceiverByteTokenizer, "__call__", tok_spy)
     cache = tmp_path / "t.npz"
     run = [*args, "--teacher", "ngram", "--teacher-cache", str(cache), "--splice-augment", "0.5"]
     assert train_main([*run, "--out", str(tmp_path / "a")]) == 0
     pool = {r["text"] for r in rows}
-    made = [t for t, i in memo_rows if i < 0]
-    assert made and sorted(made) == sorted(scored)  # every spliced text, and only those, scored by the teacher
-    assert all(t not in pool for t in made) and all(t in pool for t, i in memo_rows if i >= 0)
-    assert set(made) <= set(trained)  # and trained on
-    assert 0.2 < len(made) / len(memo_rows) < 0.8  # about half of each batch
-    assert (tmp_path / "t.scorer.npz").is_file()
-    with np.load(tmp_path / "t.scorer.npz", allow_pickle=False) as z:
-        assert {"vocab", "idf", "coef", "intercept"} <= set(z.files)
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    sizes = [min(8, m["pool_size"] - 8 * k) for k in range(m["steps"])]  # one epoch: the last batch is short
+    by_step = dict(made)  # the step after the last was made ahead too, never run
+    assert sorted(by_step)[: m["steps"]] == list(range(m["steps"]))
+    used = [t for k in range(m["steps"]) for r, t in zip(by_step[k].rows, by_step[k].texts) if r < sizes[k]]
+    assert used and all(t not in pool for t in used) and set(used) <= set(trained)
+    assert 0.3 < len(used) / sum(sizes) < 0.7  # about half of each batch
+    scorer = NgramScorer(dict(np.load(tmp_path / "t.scorer.npz", allow_pickle=False)))
+    for _, made_ in made:  # the targets of the splices are the teacher's probabilities of them
+        assert isinstance(made_, Made) and len(made_.words) == len(made_.texts)
+        if made_.texts:
+            np.testing.assert_array_equal(made_.probs, scorer(made_.texts))
     assert m["config"]["splice_augment"] == 0.5
     # seeded by the step: a second run (its scorer from the cache) draws the same splices and trains the same weights
-    first = list(made)
-    scored.clear(), memo_rows.clear()
+    first = {k: made_.texts for k, made_ in made}
+    made.clear()
     assert train_main([*run, "--out", str(tmp_path / "b")]) == 0
     assert "loaded from" in capsys.readouterr().out
-    assert [t for t, i in memo_rows if i < 0] == first
+    assert all(first[k] == made_.texts for k, made_ in made)
     from safetensors.numpy import load_file
 
     wa, wb = (load_file(str(tmp_path / n / "model.safetensors")) for n in "ab")

@@ -1,0 +1,76 @@
+"""Splice augmentation (pcv-train --splice-augment): texts nobody wrote, labelled by the teacher.
+
+A trained student scored 98.5 % on its own training reviews and 88.8 % on validation: it had
+memorised the pool. A splice — the start of one pool text and the end of another, each cut at a
+whitespace — is new every step, so its label cannot be memorised; the n-gram teacher
+(teacher.NgramScorer) scores it as it scores any text. The Python work (two cuts, the teacher's
+n-grams, the dense lexicon's words: ~1 ms a text) runs a step ahead in a thread, so on a GPU it
+overlaps the step instead of holding it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+
+def splice(a: str, b: str, rng: np.random.Generator) -> str:
+    """The start of `a` and the end of `b`, each cut at a whitespace between a quarter and three
+    quarters of the way in (or at the end of `a` / of `b` when there is none)."""
+    def cut(t: str) -> int:
+        i = int(len(t) * rng.uniform(0.25, 0.75))
+        return next((k for k in range(i, len(t)) if t[k].isspace()), len(t))
+    return a[: cut(a)] + b[cut(b) :]
+
+
+@dataclass(frozen=True)
+class Made:
+    rows: npt.NDArray[np.int64]  # the batch rows they replace, ascending
+    texts: list[str]
+    probs: npt.NDArray[np.float32]  # (len(rows), C) the teacher's
+    words: list | None  # their dense-lexicon words (teacher.Words), None without dense distillation
+
+
+class Splicer:
+    """The splices of each training step, drawn from (seed, step) alone — a resumed run makes the ones
+    the uninterrupted run made — and made one step ahead in a worker thread. Use as a context manager.
+
+        with Splicer(pool, scorer, share=0.5, batch_size=32, seed=0) as splicer:
+            made = splicer(step)
+    """
+
+    def __init__(self, pool: list[str], scorer: Callable[[list[str]], npt.NDArray[np.float32]], *, share: float,
+                 batch_size: int, seed: int, words: Callable[[str], object] | None = None) -> None:
+        self.pool, self.scorer, self.words = pool, scorer, words
+        self.share, self.batch_size, self.seed = share, batch_size, seed
+        self._ahead: tuple[int, Future] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def make(self, step: int) -> Made:
+        rng = np.random.default_rng([self.seed, step, 1])
+        rows = np.flatnonzero(rng.random(self.batch_size) < self.share)
+        pairs = rng.integers(0, len(self.pool), (len(rows), 2))
+        texts = [splice(self.pool[a], self.pool[b], rng) for a, b in pairs.tolist()]
+        words = [self.words(t) for t in texts] if self.words else None
+        return Made(rows, texts, self.scorer(texts) if texts else np.zeros((0, 0), np.float32), words)
+
+    def __call__(self, step: int) -> Made:
+        if self._pool is None:
+            raise RuntimeError("use Splicer in a with block")
+        ahead = self._ahead
+        made = ahead[1].result() if ahead and ahead[0] == step else self.make(step)
+        self._ahead = (step + 1, self._pool.submit(self.make, step + 1))
+        return made
+
+    def __enter__(self) -> Splicer:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="splice")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._pool is not None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool, self._ahead = None, None
