@@ -6,6 +6,7 @@
 #                                  so that they, the teacher cache and the checkout fit the 64 MiB carry
 # .gpu/teacher.npz                 the n-gram teacher fitted on the full train split (the recipe's data
 #                                  flags), written by one step of a tiny student; the runs there load it
+# .gpu/teacher.scorer.npz          the same teacher as a function of any text (--splice-augment), 3 MB
 # .gpu/site/                       only where the device's transformers is one pcv does not support:
 #                                  SITE=1 adds wheels for transformers 4.57.6 (see run.sh)
 # Then call run with carry [".gpu"] and command `bash .ci/gpu-kit/run.sh`.
@@ -22,9 +23,10 @@ for f in train unsup; do
   # the texts must be the same bytes that the teacher cache's fingerprint was taken from
   cmp <(gzip -dc "$DATA/$f.jsonl.gz" | md5sum) <(xz -dc .gpu/xz/$f.jsonl.xz | md5sum)
 done
-if [[ ! -f .gpu/teacher.npz ]]; then
+if [[ ! -f .gpu/teacher.npz || ! -f .gpu/teacher.scorer.npz ]]; then
   pcv-train "$DATA/train.jsonl.gz" --out .gpu/teacher-run --teacher ngram --teacher-cache .gpu/teacher.npz \
     --unlabelled "$DATA/unsup.jsonl.gz" --dense-weight 1.0 --val-limit 1000 --max-length 2048 --epochs 0 \
+    --splice-augment 0.5 \
     --num-latents 8 --d-latents 32 --d-model 32 --num-layers 1 --self-heads 2 --cross-heads 2 --device cpu
   rm -rf .gpu/teacher-run
 fi
