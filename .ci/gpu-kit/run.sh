@@ -17,7 +17,7 @@
 #   g  f with --shift-augment 8 too
 set -u
 DEV=${DEV:-cuda}; MIN=${MIN:-8}; RUNS=${RUNS:-f g c}; OUT=${OUT:?set by the device}
-W=/tmp/pcvgpu; rm -rf $W; mkdir -p $W/pkg/pcv $W/runs $W/data
+W=/tmp/pcvgpu; rm -rf $W; mkdir -p $W/pkg/pcv $W/runs $W/data "$OUT"
 for d in export runtime bench models; do ln -s "$PWD/$d" $W/pkg/pcv/$d; done
 export PYTHONPATH=$W/pkg PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 TOKENIZERS_PARALLELISM=false
 if compgen -G ".gpu/site/*.whl" > /dev/null; then
