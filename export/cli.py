@@ -102,8 +102,8 @@ def train_main(argv: list[str] | None = None) -> int:
                         "model reads a text alike wherever its bytes fall in the latents' patches (8 bytes at the "
                         "default sizes; pcv-batch --shifts shows the sensitivity). Default 0: off")
     p.add_argument("--splice-augment", type=float, default=0.0, metavar="P",
-                   help="replace this share of each batch (0-1) by splices: the start of its text and the end of "
-                        "another pool text, cut at whitespace, labelled by the n-gram teacher (--teacher ngram): "
+                   help="replace this share of each batch (0-1) by splices: the start of one pool text and the end "
+                        "of another, cut at whitespace, labelled by the n-gram teacher (--teacher ngram): "
                         "texts nobody wrote, whose labels cannot be memorised. Default 0: off")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--val-limit", type=int)

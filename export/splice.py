@@ -56,7 +56,7 @@ class Splicer:
         pairs = rng.integers(0, len(self.pool), (len(rows), 2))
         texts = [splice(self.pool[a], self.pool[b], rng) for a, b in pairs.tolist()]
         words = [self.words(t) for t in texts] if self.words else None
-        return Made(rows, texts, self.scorer(texts) if texts else np.zeros((0, 0), np.float32), words)
+        return Made(rows, texts, self.scorer(texts), words)  # a step may have no splices: (0, C) probabilities
 
     def __call__(self, step: int) -> Made:
         if self._pool is None:

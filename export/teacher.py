@@ -39,11 +39,10 @@ def teacher_probs(
     vec = _vectoriser()
     x_all = vec.fit_transform(list(train_texts) + list(other_texts))  # unsupervised: no labels used
     x_train, x_other = x_all[: len(train_texts)], x_all[len(train_texts) :]
-    make = _classifier
     cv = np.zeros((len(train_texts), num_labels), dtype=np.float32)
     for fit_idx, pred_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x_train, train_labels):
-        cv[pred_idx] = make().fit(x_train[fit_idx], train_labels[fit_idx]).predict_proba(x_train[pred_idx])
-    full = make().fit(x_train, train_labels)
+        cv[pred_idx] = _classifier().fit(x_train[fit_idx], train_labels[fit_idx]).predict_proba(x_train[pred_idx])
+    full = _classifier().fit(x_train, train_labels)
     empty = np.zeros((0, num_labels), np.float32)
     other = full.predict_proba(x_other).astype(np.float32) if len(other_texts) else empty
     probe = full.predict_proba(vec.transform(list(probe_texts))).astype(np.float32) if len(probe_texts) else empty

@@ -72,6 +72,9 @@ def test_splicer_makes_each_steps_splices_ahead_and_alike_in_any_order(parts):
     rows = np.concatenate([m.rows for m in in_order])
     assert rows.min() >= 0 and rows.max() < 16 and 0.3 < len(rows) / (6 * 16) < 0.7
     assert all(t not in pool for m in in_order for t in m.texts)
+    with Splicer(pool, scorer, share=0.05, batch_size=4, seed=0) as splicer:  # most steps make no splice
+        sparse = [splicer(k) for k in range(20)]
+    assert any(len(m.rows) == 0 for m in sparse) and all(m.probs.shape == (len(m.rows), 2) for m in sparse)
     with pytest.raises(RuntimeError, match="with block"):
         Splicer(pool, scorer, share=0.5, batch_size=4, seed=0)(0)
 
@@ -89,6 +92,8 @@ def test_splice_augment_trains_on_spliced_texts_with_the_teachers_targets(tmp_pa
     assert "--splice-augment needs --teacher ngram" in capsys.readouterr().err
     assert train_main([*args, "--out", str(tmp_path / "x"), "--teacher", "ngram", "--splice-augment", "1.5"]) == 2
     assert "--splice-augment 1.5" in capsys.readouterr().err
+    # a share so small that most steps have no splice: those steps train on the pool texts alone
+    assert train_main([*args, "--out", str(tmp_path / "few"), "--teacher", "ngram", "--splice-augment", "0.05"]) == 0
 
     from pcv.export.splice import Made
 
