@@ -16,17 +16,17 @@ from pcv.export.splice import Splicer, splice
 @pytest.fixture()
 def parts(reviews):
     by_label = [[r["text"] for r in reviews if r["label"] == k] for k in (0, 1)]  # the shared file is sorted by label
-    return by_label[0][:30] + by_label[1][:30], by_label[0][30:40] + by_label[1][30:40]
+    return by_label[0][:20] + by_label[1][:20], by_label[0][20:28] + by_label[1][20:28]  # the repo's fixture: 32 / 28
 
 
 @pytest.mark.parametrize("num_labels", [2, 3], ids=["binary", "three-labels"])
 def test_scorer_gives_the_teachers_probabilities(parts, num_labels):
     train, other = parts
-    y = np.repeat([0, 1], 30)
+    y = np.repeat([0, 1], 20)
     if num_labels == 3:
         y[::4] = 2  # a third label: sklearn's multinomial regression, softmax instead of the sigmoid
     rng = np.random.default_rng(0)
-    made = [splice(other[i], train[j], rng) for i, j in zip(range(10), range(0, 60, 6))] + ["", "Great, GREAT film!"]
+    made = [splice(other[i], train[j], rng) for i, j in zip(range(10), range(0, 40, 4))] + ["", "Great, GREAT film!"]
     _, want_other, want_made = teacher_probs(train, y, other, num_labels=num_labels, probe_texts=made)
     scorer = NgramScorer(fit_scorer(train, y, other))  # the same fit as teacher_probs' full teacher
     np.testing.assert_allclose(scorer(other), want_other, atol=1e-6)
