@@ -241,10 +241,6 @@ class DenseMemo:
             words.append(self.memo[i])
         return words
 
-    def __call__(self, texts: list[str], idx: np.ndarray, shifts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Targets of pool texts `idx` (their `texts`), each after shifts[row] leading spaces."""
-        return self.dense.from_words(self.words(texts, idx), shifts)
-
 
 def train(cfg: TrainConfig) -> dict:
     """Train and save the best model to cfg.out; returns the metrics written to metrics.json."""
@@ -397,13 +393,16 @@ def train(cfg: TrainConfig) -> dict:
     def loss_of(idx: np.ndarray, step: int) -> torch.Tensor:
         batch = [pool[i] for i in idx]
         y = targets[idx]  # (B, C)
-        made = splicer(step) if splicer is not None else None
-        if made is not None:  # splices replace some rows (the last batch of an epoch may have fewer)
+        words = dense.words(batch, idx) if dense is not None else None  # of the pool texts, memoised under idx
+        if splicer is not None:  # splices replace some rows (the last batch of an epoch may have fewer)
+            made = splicer(step)
             rows = made.rows[made.rows < len(idx)]
             y = y.copy()
             y[rows] = made.probs[: len(rows)]  # no gold label: the teacher's alone
-            for r, text in zip(rows.tolist(), made.texts):
-                batch[r] = text
+            for k, r in enumerate(rows.tolist()):
+                batch[r] = made.texts[k]
+                if words is not None:
+                    words[r] = made.words[k]
         shifts = None
         if cfg.shift_augment:  # seeded by the step: a resumed run draws what the uninterrupted one did
             shifts = np.random.default_rng([cfg.seed, step]).integers(0, cfg.shift_augment, len(idx))
@@ -416,10 +415,6 @@ def train(cfg: TrainConfig) -> dict:
             out = model(inputs=x, attention_mask=m, output_hidden_states=dense is not None)
         loss = -(y * torch.log_softmax(out.logits.float(), -1)).sum(-1).mean()
         if dense is not None:
-            words = dense.words(batch, idx)
-            if made is not None:
-                for r, w in zip(rows.tolist(), made.words):
-                    words[r] = w
             t, tm = (torch.from_numpy(a).to(device) for a in dense.dense.from_words(words, shifts))
             pred = trained["dense_head"](out.hidden_states[-1].float()).squeeze(-1)
             loss = loss + cfg.dense_weight * (((pred - t) ** 2) * tm).sum() / tm.sum()

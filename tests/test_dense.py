@@ -122,7 +122,7 @@ def test_dense_memo_gives_the_targets_of_each_text_at_each_shift(max_bytes):
     assert (memo.memo is None) == (max_bytes == 0)
     for idx, shifts in (([0, 2], None), ([3, 0, 1], [0, 5, 15]), ([1, 1, 3], [3, 0, 7]), ([2, 4], [16, 1])):
         idx = np.array(idx)  # texts seen before and new ones, a text twice in a batch
-        t, m = memo([pool[i] for i in idx], idx, None if shifts is None else np.array(shifts))
+        t, m = dense.from_words(memo.words([pool[i] for i in idx], idx), None if shifts is None else np.array(shifts))
         # a shift is leading spaces: the targets of the shifted texts themselves
         want_t, want_m = dense([" " * s + pool[i] for i, s in zip(idx, shifts or [0] * len(idx))])
         np.testing.assert_array_equal(t, want_t)
@@ -149,7 +149,7 @@ def test_dense_memo_prefill_in_processes_gives_the_same_targets(reviews):
     memo.prefill(pool, workers=2)
     assert all(w is not None for w in memo.memo)
     idx = np.arange(len(pool))[::-1]
-    t, m = memo([pool[i] for i in idx], idx)
+    t, m = dense.from_words(memo.words([pool[i] for i in idx], idx))
     want_t, want_m = dense([pool[i] for i in idx])
     np.testing.assert_array_equal(t, want_t)
     np.testing.assert_array_equal(m, want_m)

@@ -11,6 +11,7 @@ import pytest
 from pcv.export.cli import train_main
 from pcv.export.teacher import DenseTargets, NgramScorer, fit_scorer, teacher_probs
 from pcv.export.splice import Splicer, splice
+from pcv.export.train import DenseMemo
 
 
 @pytest.fixture()
@@ -97,19 +98,27 @@ def test_splice_augment_trains_on_spliced_texts_with_the_teachers_targets(tmp_pa
 
     from pcv.export.splice import Made
 
-    made, trained = [], []
+    made, trained, splicers = [], [], []
     real_make, real_tok = Splicer.make, train_mod.PerceiverByteTokenizer.__call__
 
     def make_spy(self, step):
         m = real_make(self, step)
         made.append((step, m))
+        splicers.append(self)
         return m
+
+    memos, real_words = [], DenseMemo.words
+
+    def words_spy(self, texts, idx):
+        memos.append(self)
+        return real_words(self, texts, idx)
 
     def tok_spy(self, texts, **kw):
         trained.extend(texts)
         return real_tok(self, texts, **kw)
 
     monkeypatch.setattr(Splicer, "make", make_spy)
+    monkeypatch.setattr(DenseMemo, "words", words_spy)
     monkeypatch.setattr(train_mod.PerceiverByteTokenizer, "__call__", tok_spy)
     cache = tmp_path / "t.npz"
     run = [*args, "--teacher", "ngram", "--teacher-cache", str(cache), "--splice-augment", "0.5"]
@@ -122,6 +131,12 @@ def test_splice_augment_trains_on_spliced_texts_with_the_teachers_targets(tmp_pa
     used = [t for k in range(m["steps"]) for r, t in zip(by_step[k].rows, by_step[k].texts) if r < sizes[k]]
     assert used and all(t not in pool for t in used) and set(used) <= set(trained)
     assert 0.3 < len(used) / sum(sizes) < 0.7  # about half of each batch
+    memo, pool_texts = memos[-1], splicers[-1].pool  # memoised words are those of the pool texts, never of a splice
+    kept = [i for i, w in enumerate(memo.memo) if w is not None]
+    assert len(kept) >= sum(sizes) - 8
+    for i in kept:
+        for got, want in zip(memo.memo[i], memo.dense.words(pool_texts[i])):
+            np.testing.assert_array_equal(got, want)
     scorer = NgramScorer(dict(np.load(tmp_path / "t.scorer.npz", allow_pickle=False)))
     for _, made_ in made:  # the targets of the splices are the teacher's probabilities of them
         assert isinstance(made_, Made) and len(made_.words) == len(made_.texts)
