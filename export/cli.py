@@ -90,7 +90,10 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--label-field", default="label")
     p.add_argument("--labels", default="neg,pos", help="label names for ids 0,1,... (default: neg,pos)")
     p.add_argument("--unlabelled", nargs="*", default=[], help="text-only files for distillation")
-    p.add_argument("--teacher", choices=["none", "ngram"], default="none")
+    p.add_argument("--teacher", choices=["none", "ngram", "ngram-nb"], default="none",
+                   help="distil from an n-gram teacher: ngram (TF-IDF word 1-2-grams + logistic regression) or "
+                        "ngram-nb (word 1-3-grams scaled by naive-Bayes log-count ratios, NBSVM-style; stronger, "
+                        "slower to fit)")
     p.add_argument("--teacher-cache", metavar="FILE.npz",
                    help="keep the teacher's outputs here and reuse them while the data and settings match "
                         "(fitting it takes a minute or more on IMDB; a resume or another run skips that)")
@@ -103,7 +106,7 @@ def train_main(argv: list[str] | None = None) -> int:
                         "default sizes; pcv-batch --shifts shows the sensitivity). Default 0: off")
     p.add_argument("--splice-augment", type=float, default=0.0, metavar="P",
                    help="replace this share of each batch (0-1) by splices: the start of one pool text and the end "
-                        "of another, cut at whitespace, labelled by the n-gram teacher (--teacher ngram): "
+                        "of another, cut at whitespace, labelled by the n-gram teacher (--teacher ngram or ngram-nb): "
                         "texts nobody wrote, whose labels cannot be memorised. Default 0: off")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--val-limit", type=int)
@@ -118,8 +121,8 @@ def train_main(argv: list[str] | None = None) -> int:
         return _fail(f"--shift-augment {a.shift_augment}: 0 (off) to a quarter of --max-length ({a.max_length // 4})")
     if not 0 <= a.splice_augment <= 1:
         return _fail(f"--splice-augment {a.splice_augment}: a share of each batch, 0 (off) to 1")
-    if a.splice_augment and a.teacher != "ngram":
-        return _fail("--splice-augment needs --teacher ngram: the teacher labels the spliced texts")
+    if a.splice_augment and a.teacher == "none":
+        return _fail("--splice-augment needs --teacher ngram or ngram-nb: the teacher labels the spliced texts")
     if a.average_last < 0 or a.average_last == 1:
         return _fail(f"--average-last {a.average_last}: 0 (off) or the number of checkpoints to average, at least 2")
     if bad := _check_run_args(a):

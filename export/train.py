@@ -42,7 +42,7 @@ class TrainConfig:
     label_field: str = "label"
     labels: tuple[str, ...] = ("neg", "pos")  # names for ids 0..C-1; labels in data may be ids or names
     unlabelled: tuple[str, ...] = ()  # text-only files, used through the teacher
-    teacher: str = "none"  # "ngram": distil from a TF-IDF + logistic regression teacher
+    teacher: str = "none"  # "ngram" / "ngram-nb": distil from a TF-IDF + logistic regression teacher (teacher.KINDS)
     teacher_cache: str | None = None  # .npz of the teacher's outputs, reused while the data and settings match
     distill_weight: float = 0.5  # labelled targets = w * teacher + (1 - w) * one-hot
     dense_weight: float = 0.0  # > 0: dense distillation, a word-lexicon target under every latent (teacher.DenseTargets)
@@ -95,7 +95,7 @@ def load_labelled(paths: tuple[str, ...], cfg: TrainConfig) -> tuple[list[str], 
 
 def check_label_counts(tr_labels: np.ndarray, id2label: dict[int, str], cfg: TrainConfig) -> None:
     """Refuse training data a classifier (or the teacher's cross-validation) cannot learn from,
-    before anything is fitted: one label only, or with --teacher ngram, a label under teacher.FOLDS examples."""
+    before anything is fitted: one label only, or with an n-gram teacher, a label under teacher.FOLDS examples."""
     from .teacher import FOLDS as folds
     counts = np.bincount(tr_labels, minlength=len(id2label))
     have = ", ".join(f"{id2label[i]!r} {n}" for i, n in enumerate(counts))
@@ -103,7 +103,7 @@ def check_label_counts(tr_labels: np.ndarray, id2label: dict[int, str], cfg: Tra
     if (counts > 0).sum() < 2:
         raise InputError(f"{', '.join(cfg.data)}: the training part has one label only ({have}); "
                          f"a classifier needs examples of at least two{hint}")
-    if cfg.teacher == "ngram" and counts.min() < folds:
+    if cfg.teacher != "none" and counts.min() < folds:
         raise InputError(f"{', '.join(cfg.data)}: the n-gram teacher's {folds}-fold cross-validation needs at least "
                          f"{folds} training examples of every label ({have}){hint}; or --teacher none")
 
@@ -111,6 +111,12 @@ def check_label_counts(tr_labels: np.ndarray, id2label: dict[int, str], cfg: Tra
 def load_unlabelled(paths: tuple[str, ...], cfg: TrainConfig) -> list[str]:
     rc = ReaderConfig(text_field=cfg.text_field, id_field=None)
     return [r.text for p in paths for r in read_records(p, rc) if r.text is not None]
+
+
+def _cache_tag(kind: str, part: str = "") -> str:
+    """The teacher cache's settings tag: "ngram-1" / "ngram-scorer-1" as before the "ngram-nb" teacher, so
+    caches made then still load."""
+    return "-".join(filter(None, (kind, part, "1")))
 
 
 def split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -291,8 +297,10 @@ def train(cfg: TrainConfig) -> dict:
     scorer = None  # with splice_augment: the teacher as a function of any text (teacher.NgramScorer)
     teacher_val_acc = teacher_val_acc_cut = None
     words = None  # the dense teacher's lexicon (word, weight)
-    if cfg.teacher == "ngram":
-        from .teacher import cached, fingerprint, teacher_probs, word_weights
+    if cfg.teacher != "none":
+        from .teacher import cached, fingerprint, kind_of, teacher_probs, word_weights
+
+        kind = kind_of(cfg.teacher)  # a bad name is refused before the unlabelled texts are read
 
         unl = load_unlabelled(cfg.unlabelled, cfg) if cfg.unlabelled else []
         t0 = time.time()
@@ -300,7 +308,7 @@ def train(cfg: TrainConfig) -> dict:
 
         def build() -> dict[str, np.ndarray]:
             cv, other, probe = teacher_probs(tr_texts, tr_labels, va_texts + unl, num_labels=num_labels, seed=cfg.seed,
-                                             probe_texts=seen)
+                                             probe_texts=seen, kind=kind.name)
             arrays = {"cv": cv, "other": other, "probe": probe}
             if cfg.dense_weight > 0:
                 ww = word_weights(tr_texts, tr_labels)
@@ -308,14 +316,14 @@ def train(cfg: TrainConfig) -> dict:
             return arrays
 
         key = fingerprint(tr_texts + va_texts + unl + seen, tr_labels, va_labels,
-                          settings=("ngram-1", num_labels, cfg.seed, len(tr_texts), len(va_texts), cfg.dense_weight > 0))
+                          settings=(_cache_tag(kind.name), num_labels, cfg.seed, len(tr_texts), len(va_texts), cfg.dense_weight > 0))
         t = cached(cfg.teacher_cache, key, build)
         cv, other = t["cv"], t["other"]
         if "words" in t:
             words = dict(zip(t["words"].tolist(), t["weights"].tolist()))
         teacher_val_acc = float((other[: len(va_texts)].argmax(1) == va_labels).mean())
         teacher_val_acc_cut = float((t["probe"].argmax(1) == va_labels).mean())
-        print(f"teacher: n-gram TF-IDF + LR, validation accuracy {teacher_val_acc:.4f}, "
+        print(f"teacher: {kind.name}, n-gram TF-IDF + LR, validation accuracy {teacher_val_acc:.4f}, "
               f"{teacher_val_acc_cut:.4f} on the first {cfg.max_length} tokens the student reads "
               f"({time.time() - t0:.0f}s)", flush=True)
         w = cfg.distill_weight
@@ -329,14 +337,12 @@ def train(cfg: TrainConfig) -> dict:
             path = Path(cfg.teacher_cache) if cfg.teacher_cache else None
             scorer = NgramScorer(cached(
                 path and path.with_name(path.stem + ".scorer.npz"),
-                fingerprint(tr_texts + va_texts + unl, tr_labels, settings=("ngram-scorer-1", num_labels)),
-                lambda: fit_scorer(tr_texts, tr_labels, va_texts + unl)))
+                fingerprint(tr_texts + va_texts + unl, tr_labels, settings=(_cache_tag(kind.name, "scorer"), num_labels)),
+                lambda: fit_scorer(tr_texts, tr_labels, va_texts + unl, kind=kind.name)))
             print(f"teacher: scorer for spliced texts ready, {len(scorer.index):,} n-grams ({time.time() - t0:.0f}s)",
                   flush=True)
-    elif cfg.teacher != "none":
-        raise ValueError(f"teacher {cfg.teacher!r}: use 'none' or 'ngram'")
     if cfg.splice_augment > 0 and scorer is None:
-        raise ValueError("splice_augment needs the n-gram teacher to score the spliced texts: teacher='ngram'")
+        raise ValueError("splice_augment needs an n-gram teacher to score the spliced texts: teacher='ngram' or 'ngram-nb'")
 
     model.config.id2label = id2label
     model.config.label2id = {v: k for k, v in id2label.items()}

@@ -20,16 +20,18 @@ def parts(reviews):
     return by_label[0][:20] + by_label[1][:20], by_label[0][20:28] + by_label[1][20:28]  # the repo's fixture: 32 / 28
 
 
+@pytest.mark.parametrize("kind", ["ngram", "ngram-nb"])
 @pytest.mark.parametrize("num_labels", [2, 3], ids=["binary", "three-labels"])
-def test_scorer_gives_the_teachers_probabilities(parts, num_labels):
+def test_scorer_gives_the_teachers_probabilities(parts, num_labels, kind):
     train, other = parts
     y = np.repeat([0, 1], 20)
     if num_labels == 3:
-        y[::4] = 2  # a third label: sklearn's multinomial regression, softmax instead of the sigmoid
+        y[::4] = 2  # a third label: a softmax (multinomial) or normalised sigmoids (ngram-nb's one-vs-rest)
     rng = np.random.default_rng(0)
     made = [splice(other[i], train[j], rng) for i, j in zip(range(10), range(0, 40, 4))] + ["", "Great, GREAT film!"]
-    _, want_other, want_made = teacher_probs(train, y, other, num_labels=num_labels, probe_texts=made)
-    scorer = NgramScorer(fit_scorer(train, y, other))  # the same fit as teacher_probs' full teacher
+    _, want_other, want_made = teacher_probs(train, y, other, num_labels=num_labels, probe_texts=made, kind=kind)
+    scorer = NgramScorer(fit_scorer(train, y, other, kind=kind))  # the same fit as teacher_probs' full teacher
+    assert scorer.ngram_max == (3 if kind == "ngram-nb" else 2)
     np.testing.assert_allclose(scorer(other), want_other, atol=1e-6)
     np.testing.assert_allclose(scorer(made), want_made, atol=1e-6)  # texts it never saw: the point of it
 

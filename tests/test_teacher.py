@@ -78,3 +78,49 @@ def test_teacher_cache_is_reused_only_for_the_same_inputs(tmp_path, reviews, cap
     assert "made from other data or settings" in capsys.readouterr().out
     with np.load(cache, allow_pickle=False) as z:
         assert len(z["cv"]) == len(reviews) - round(len(reviews) * 0.3)  # replaced by the new run's
+
+
+def test_nb_logistic_is_logistic_regression_on_log_count_ratio_scaled_features():
+    import scipy.sparse as sp
+    from sklearn.linear_model import LogisticRegression
+
+    from pcv.export.teacher import NbLogistic
+
+    # presence of three n-grams in six texts: the first mostly in label 1, the second only in label 0
+    x = sp.csr_matrix(np.array([[1, 0, 1], [1, 0, 0], [1, 1, 1], [0, 1, 1], [0, 1, 0], [1, 1, 1]], float))
+    y = np.array([1, 1, 1, 0, 0, 0])
+    m = NbLogistic(4.0).fit(x, y)
+    p = np.array([3, 1, 2]) + 1.0  # present in label 1, add-one
+    q = np.array([1, 3, 2]) + 1.0
+    r = np.log(p / p.sum()) - np.log(q / q.sum())
+    assert r[0] > 0 > r[1] and r[2] == 0.0
+    want = LogisticRegression(C=4.0, max_iter=3000).fit(x @ sp.diags(r), y)
+    np.testing.assert_allclose(m.coef_, want.coef_ * r, atol=1e-8)  # the ratios folded into the weights
+    np.testing.assert_allclose(m.predict_proba(x), want.predict_proba(x @ sp.diags(r)), atol=1e-8)
+    three = NbLogistic(4.0).fit(x, np.array([0, 1, 2, 0, 1, 2]))  # one-vs-rest, normalised
+    assert three.coef_.shape == (3, 3)
+    np.testing.assert_allclose(three.predict_proba(x).sum(1), 1.0)
+
+
+def test_each_teacher_kind_gives_distributions_and_an_unknown_kind_is_refused(split_reviews):
+    tr, y, other = split_reviews
+    for kind in ("ngram", "ngram-nb"):
+        cv, o, _ = teacher_probs(tr, y, other, num_labels=2, kind=kind)
+        assert cv.shape == (40, 2) and o.shape == (20, 2)
+        np.testing.assert_allclose(o.sum(1), 1.0, atol=1e-6)
+        np.testing.assert_allclose(cv.sum(1), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="use one of ngram, ngram-nb"):
+        teacher_probs(tr, y, other, num_labels=2, kind="bayes")
+
+
+def test_a_cache_of_one_teacher_is_not_served_to_the_other(tmp_path, reviews, capsys):
+    p = tmp_path / "train.jsonl"
+    p.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in reviews))
+    cache = tmp_path / "teacher.npz"
+    run = ["--teacher-cache", str(cache), "--max-length", "128", *TINY]
+    assert train_main([str(p), "--out", str(tmp_path / "a"), "--teacher", "ngram", *run]) == 0
+    assert train_main([str(p), "--out", str(tmp_path / "b"), "--teacher", "ngram-nb", *run]) == 0
+    out = capsys.readouterr().out
+    assert "made from other data or settings" in out and "teacher: ngram-nb, n-gram" in out
+    assert train_main([str(p), "--out", str(tmp_path / "c"), "--teacher", "ngram-nb", *run]) == 0
+    assert f"teacher: loaded from {cache}" in capsys.readouterr().out

@@ -7,6 +7,7 @@
 # .gpu/teacher.npz                 the n-gram teacher fitted on the full train split (the recipe's data
 #                                  flags), written by one step of a tiny student; the runs there load it
 # .gpu/teacher.scorer.npz          the same teacher as a function of any text (--splice-augment), 3 MB
+# .gpu/teacher-nb{,.scorer}.npz    the same for --teacher ngram-nb (run h)
 # .gpu/site/                       only where the device's transformers is one pcv does not support:
 #                                  SITE=1 adds wheels for transformers 4.57.6 (see run.sh)
 # Then call run with carry [".gpu"] and command `bash .ci/gpu-kit/run.sh`.
@@ -23,13 +24,16 @@ for f in train unsup; do
   # the texts must be the same bytes that the teacher cache's fingerprint was taken from
   cmp <(gzip -dc "$DATA/$f.jsonl.gz" | md5sum) <(xz -dc .gpu/xz/$f.jsonl.xz | md5sum)
 done
-if [[ ! -f .gpu/teacher.npz || ! -f .gpu/teacher.scorer.npz ]]; then
-  pcv-train "$DATA/train.jsonl.gz" --out .gpu/teacher-run --teacher ngram --teacher-cache .gpu/teacher.npz \
-    --unlabelled "$DATA/unsup.jsonl.gz" --dense-weight 1.0 --val-limit 1000 --max-length 2048 --epochs 0 \
-    --splice-augment 0.5 \
-    --num-latents 8 --d-latents 32 --d-model 32 --num-layers 1 --self-heads 2 --cross-heads 2 --device cpu
-  rm -rf .gpu/teacher-run
-fi
+for t in ngram ngram-nb; do
+  cache=.gpu/teacher${t#ngram}.npz  # teacher.npz, teacher-nb.npz
+  if [[ ! -f $cache || ! -f ${cache%.npz}.scorer.npz ]]; then
+    pcv-train "$DATA/train.jsonl.gz" --out .gpu/teacher-run --teacher $t --teacher-cache $cache \
+      --unlabelled "$DATA/unsup.jsonl.gz" --dense-weight 1.0 --val-limit 1000 --max-length 2048 --epochs 0 \
+      --splice-augment 0.5 \
+      --num-latents 8 --d-latents 32 --d-model 32 --num-layers 1 --self-heads 2 --cross-heads 2 --device cpu
+    rm -rf .gpu/teacher-run
+  fi
+done
 if [[ ${SITE:-0} == 1 && ! -d .gpu/site ]]; then
   # python 3.12 on the device (KINDS.md); tokenizers is compiled, the rest is pure python
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
