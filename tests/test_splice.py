@@ -82,6 +82,24 @@ def test_splicer_makes_each_steps_splices_ahead_and_alike_in_any_order(parts):
         Splicer(pool, scorer, share=0.5, batch_size=4, seed=0)(0)
 
 
+def test_worker_processes_make_what_the_thread_makes(parts):
+    train, other = parts
+    y = np.repeat([0, 1], 20)
+    scorer = NgramScorer(fit_scorer(train, y, other, kind="ngram-nb"))  # pickles: it goes to each process
+    pool = train + other
+
+    def made_by(steps, workers):
+        with Splicer(pool, scorer, share=0.5, batch_size=16, seed=5, words=len, workers=workers) as splicer:
+            return [splicer(k) for k in steps]
+
+    want = made_by(range(8), 1)
+    for steps in (range(8), [5, 6, 7, 0, 1, 2, 3, 4]):  # in order, and a resume that starts at step 5
+        got = dict(zip(steps, made_by(steps, 2)))
+        for k, m in enumerate(want):
+            assert got[k].texts == m.texts and got[k].rows.tolist() == m.rows.tolist() and got[k].words == m.words
+            np.testing.assert_array_equal(got[k].probs, m.probs)
+
+
 def test_splice_augment_trains_on_spliced_texts_with_the_teachers_targets(tmp_path, reviews, monkeypatch, capsys):
     from pcv.export import train as train_mod
 
@@ -156,3 +174,23 @@ def test_splice_augment_trains_on_spliced_texts_with_the_teachers_targets(tmp_pa
     wa, wb = (load_file(str(tmp_path / n / "model.safetensors")) for n in "ab")
     for k in wa:
         np.testing.assert_array_equal(wa[k], wb[k])
+
+
+def test_splice_workers_train_the_same_weights_as_the_thread(tmp_path, reviews):
+    from safetensors.numpy import load_file
+
+    from pcv.export.modeling import ModelSize
+    from pcv.export.train import TrainConfig, train
+
+    p = tmp_path / "train.jsonl"
+    rows = [r for r in reviews if r["label"] == 0][:16] + [r for r in reviews if r["label"] == 1][:16]
+    p.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows))
+    size = ModelSize(num_latents=8, d_latents=32, d_model=32, num_layers=1, self_heads=2, cross_heads=2, max_length=128)
+    for workers in (1, 2):
+        train(TrainConfig(data=(str(p),), out=str(tmp_path / f"w{workers}"), size=size, teacher="ngram-nb",
+                          teacher_cache=str(tmp_path / "t.npz"), dense_weight=1.0, splice_augment=0.5,
+                          splice_workers=workers, max_length=128, batch_size=8, epochs=1, warmup_steps=1,
+                          eval_every=100, attention_dropout=0.0, device="cpu"))
+    w1, w2 = (load_file(str(tmp_path / f"w{n}" / "model.safetensors")) for n in (1, 2))
+    for k in w1:
+        np.testing.assert_array_equal(w1[k], w2[k])
