@@ -90,7 +90,9 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--label-field", default="label")
     p.add_argument("--labels", default="neg,pos", help="label names for ids 0,1,... (default: neg,pos)")
     p.add_argument("--unlabelled", nargs="*", default=[], help="text-only files for distillation")
-    p.add_argument("--teacher", choices=["none", "ngram", "ngram-nb"], default="none",
+    from .teacher import KINDS  # numpy only: the teachers' names
+
+    p.add_argument("--teacher", choices=["none", *KINDS], default="none",
                    help="distil from an n-gram teacher: ngram (TF-IDF word 1-2-grams + logistic regression) or "
                         "ngram-nb (word 1-3-grams scaled by naive-Bayes log-count ratios, NBSVM-style; stronger, "
                         "slower to fit)")
@@ -122,7 +124,7 @@ def train_main(argv: list[str] | None = None) -> int:
     if not 0 <= a.splice_augment <= 1:
         return _fail(f"--splice-augment {a.splice_augment}: a share of each batch, 0 (off) to 1")
     if a.splice_augment and a.teacher == "none":
-        return _fail("--splice-augment needs --teacher ngram or ngram-nb: the teacher labels the spliced texts")
+        return _fail(f"--splice-augment needs --teacher {' or '.join(KINDS)}: the teacher labels the spliced texts")
     if a.average_last < 0 or a.average_last == 1:
         return _fail(f"--average-last {a.average_last}: 0 (off) or the number of checkpoints to average, at least 2")
     if bad := _check_run_args(a):

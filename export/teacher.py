@@ -98,8 +98,6 @@ class NbLogistic:
     normalised over labels (sklearn's one-vs-rest). coef_ holds the ratios folded in (r * w), so
     the decision is x @ coef_.T + intercept_ on the unscaled features."""
 
-    ovr_link = True  # NgramScorer: more than two labels are one-vs-rest sigmoids, not a softmax
-
     def __init__(self, c: float) -> None:
         self.c = c
 
@@ -151,7 +149,7 @@ def fit_scorer(train_texts: list[str], train_labels: npt.NDArray[np.int64], othe
     assert not any("\n" in v for v in vocab), "n-grams are word characters and spaces"
     return {"vocab": np.frombuffer("\n".join(vocab).encode("utf-8"), np.uint8), "idf": vec.idf_.astype(np.float32),
             "coef": lr.coef_.astype(np.float32), "intercept": lr.intercept_.astype(np.float32),
-            "ngram_max": np.array(k.ngram_max), "ovr": np.array(getattr(lr, "ovr_link", False))}
+            "ngram_max": np.array(k.ngram_max), "ovr": np.array(k.nb)}  # NbLogistic: one-vs-rest sigmoids past two labels
 
 
 class NgramScorer:
