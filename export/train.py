@@ -63,7 +63,8 @@ class TrainConfig:
     eval_every: int = 500  # steps; also evaluated at the end
     checkpoint_every: int = 500
     average_last: int = 0  # > 1: at the end, the mean weights of the last N checkpoints, kept if they validate better
-    seed: int = 0
+    seed: int = 0  # initialisation, batch order, augmentation
+    split_seed: int = 0  # the train/validation split and the validation sample: runs with other seeds share them
     device: str = "auto"
     bf16: bool = True  # autocast on CUDA and on CPUs with bf16 instructions (loop.bf16_autocast)
     group_by_length: bool = True  # batches of similar lengths (loop.group_by_length): less padding
@@ -136,7 +137,7 @@ def val_sample(va: np.ndarray, cfg: TrainConfig) -> np.ndarray:
     first N: files are often sorted by label)."""
     if not cfg.val_limit:
         return va
-    return np.sort(np.random.default_rng(cfg.seed).permutation(va)[: cfg.val_limit])
+    return np.sort(np.random.default_rng(cfg.split_seed).permutation(va)[: cfg.val_limit])
 
 
 def write_split(cfg: TrainConfig, dest: str | Path) -> dict[str, int]:
@@ -144,7 +145,7 @@ def write_split(cfg: TrainConfig, dest: str | Path) -> dict[str, int]:
     train.jsonl and val.jsonl, and with val_limit val-sample.jsonl (what a run selects its steps on) and
     val-rest.jsonl (the validation texts selection never saw). Returns the record count of each file."""
     texts, labels = load_labelled(cfg.data, cfg)
-    tr, va = split(len(texts), cfg.val_fraction, cfg.seed)
+    tr, va = split(len(texts), cfg.val_fraction, cfg.split_seed)
     parts = {"train": tr, "val": va}
     if cfg.val_limit:
         sample = val_sample(va, cfg)
@@ -264,7 +265,7 @@ def train(cfg: TrainConfig) -> dict:
     id2label = dict(enumerate(cfg.labels)) if cfg.labels else IMDB_LABELS
 
     texts, labels = load_labelled(cfg.data, cfg)
-    tr, va = split(len(texts), cfg.val_fraction, cfg.seed)
+    tr, va = split(len(texts), cfg.val_fraction, cfg.split_seed)
     va = val_sample(va, cfg)
     tr_texts, tr_labels = [texts[i] for i in tr], labels[tr]
     va_texts, va_labels = [texts[i] for i in va], labels[va]
@@ -312,7 +313,7 @@ def train(cfg: TrainConfig) -> dict:
         seen = [text_as_read(t, cfg.max_length) for t in va_texts]  # what the student reads
 
         def build() -> dict[str, np.ndarray]:
-            cv, other, probe = teacher_probs(tr_texts, tr_labels, va_texts + unl, num_labels=num_labels, seed=cfg.seed,
+            cv, other, probe = teacher_probs(tr_texts, tr_labels, va_texts + unl, num_labels=num_labels, seed=cfg.split_seed,
                                              probe_texts=seen, kind=kind.name)
             arrays = {"cv": cv, "other": other, "probe": probe}
             if cfg.dense_weight > 0:
@@ -321,7 +322,7 @@ def train(cfg: TrainConfig) -> dict:
             return arrays
 
         key = fingerprint(tr_texts + va_texts + unl + seen, tr_labels, va_labels,
-                          settings=(_cache_tag(kind.name), num_labels, cfg.seed, len(tr_texts), len(va_texts), cfg.dense_weight > 0))
+                          settings=(_cache_tag(kind.name), num_labels, cfg.split_seed, len(tr_texts), len(va_texts), cfg.dense_weight > 0))
         t = cached(cfg.teacher_cache, key, build)
         cv, other = t["cv"], t["other"]
         if "words" in t:

@@ -114,8 +114,8 @@ def test_val_limit_samples_both_labels_of_a_sorted_file(tmp_path):
 def test_write_split_writes_the_split_a_run_trains_and_selects_on(tmp_path):
     p = tmp_path / "sorted.jsonl"
     p.write_text("".join(json.dumps({"text": f"t{i}", "label": int(i >= 500)}) + "\n" for i in range(1000)))
-    flags = ["--val-fraction", "0.2", "--val-limit", "40", "--seed", "3"]
-    assert train_main([str(p), "--write-split", str(tmp_path / "split"), *flags]) == 0
+    flags = ["--val-fraction", "0.2", "--val-limit", "40", "--split-seed", "3"]
+    assert train_main([str(p), "--write-split", str(tmp_path / "split"), *flags, "--seed", "7"]) == 0
     part = {n: [json.loads(line) for line in open(tmp_path / "split" / f"{n}.jsonl")]
             for n in ("train", "val", "val-sample", "val-rest")}
     idx = {n: [r["index"] for r in rows] for n, rows in part.items()}
@@ -125,7 +125,7 @@ def test_write_split_writes_the_split_a_run_trains_and_selects_on(tmp_path):
     assert all(r["text"] == f"t{r['index']}" and r["label"] == ("neg", "pos")[r["index"] >= 500]
                for rows in part.values() for r in rows)
     out = tmp_path / "m"
-    assert train_main([str(p), "--out", str(out), "--epochs", "0.05", *flags, *TINY]) == 0
+    assert train_main([str(p), "--out", str(out), "--epochs", "0.05", *flags, *TINY, "--seed", "5"]) == 0  # another training seed, the same sample
     counts = json.loads((out / "metrics.json").read_text())["val_label_counts"]
     assert counts == [sum(r["label"] == name for r in part["val-sample"]) for name in ("neg", "pos")]
     with pytest.raises(SystemExit, match="2"):  # neither --out nor --write-split: argparse's usage error
