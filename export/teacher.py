@@ -62,6 +62,24 @@ def teacher_probs(
     probe_texts (P, C)). Probe texts are only scored, never part of the vectoriser's fit, so they
     leave the other outputs unchanged (pcv-train scores the validation texts cut to the student's
     max_length: the ceiling a student of that length can reach by copying the teacher)."""
+    t = fit_teacher(train_texts, train_labels, other_texts, num_labels=num_labels, folds=folds, seed=seed,
+                    probe_texts=probe_texts, kind=kind)
+    return t["cv"], t["other"], t["probe"]
+
+
+def fit_teacher(
+    train_texts: list[str],
+    train_labels: npt.NDArray[np.int64],
+    other_texts: list[str],
+    *,
+    num_labels: int,
+    folds: int = FOLDS,
+    seed: int = 0,
+    probe_texts: Sequence[str] = (),
+    kind: str = "ngram",
+) -> dict[str, np.ndarray]:
+    """teacher_probs' three outputs as "cv", "other" and "probe", and the full teacher as fit_scorer
+    returns it (its other keys): one fit for both when pcv-train splices."""
     from sklearn.model_selection import StratifiedKFold
 
     k = kind_of(kind)
@@ -75,7 +93,7 @@ def teacher_probs(
     empty = np.zeros((0, num_labels), np.float32)
     other = full.predict_proba(x_other).astype(np.float32) if len(other_texts) else empty
     probe = full.predict_proba(vec.transform(list(probe_texts))).astype(np.float32) if len(probe_texts) else empty
-    return cv, other, probe
+    return {"cv": cv, "other": other, "probe": probe, **_scorer_arrays(vec, full, k)}
 
 
 def _vectoriser(k: Kind):
@@ -144,7 +162,10 @@ def fit_scorer(train_texts: list[str], train_labels: npt.NDArray[np.int64], othe
     k = kind_of(kind)
     vec = _vectoriser(k)
     x_all = vec.fit_transform(list(train_texts) + list(other_texts))
-    lr = _classifier(k).fit(x_all[: len(train_texts)], train_labels)
+    return _scorer_arrays(vec, _classifier(k).fit(x_all[: len(train_texts)], train_labels), k)
+
+
+def _scorer_arrays(vec, lr, k: Kind) -> dict[str, np.ndarray]:
     vocab = vec.get_feature_names_out().tolist()
     assert not any("\n" in v for v in vocab), "n-grams are word characters and spaces"
     return {"vocab": np.frombuffer("\n".join(vocab).encode("utf-8"), np.uint8), "idf": vec.idf_.astype(np.float32),

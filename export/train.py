@@ -304,7 +304,7 @@ def train(cfg: TrainConfig) -> dict:
     teacher_val_acc = teacher_val_acc_cut = None
     words = None  # the dense teacher's lexicon (word, weight)
     if cfg.teacher != "none":
-        from .teacher import cached, fingerprint, kind_of, teacher_probs, word_weights
+        from .teacher import cached, fingerprint, fit_teacher, kind_of, word_weights
 
         kind = kind_of(cfg.teacher)  # a bad name is refused before the unlabelled texts are read
 
@@ -312,10 +312,13 @@ def train(cfg: TrainConfig) -> dict:
         t0 = time.time()
         seen = [text_as_read(t, cfg.max_length) for t in va_texts]  # what the student reads
 
+        fitted: dict[str, dict[str, np.ndarray]] = {}  # the full teacher of a fit made here, for the splice scorer
+
         def build() -> dict[str, np.ndarray]:
-            cv, other, probe = teacher_probs(tr_texts, tr_labels, va_texts + unl, num_labels=num_labels, seed=cfg.split_seed,
-                                             probe_texts=seen, kind=kind.name)
-            arrays = {"cv": cv, "other": other, "probe": probe}
+            t = fit_teacher(tr_texts, tr_labels, va_texts + unl, num_labels=num_labels, seed=cfg.split_seed,
+                            probe_texts=seen, kind=kind.name)
+            arrays = {name: t.pop(name) for name in ("cv", "other", "probe")}
+            fitted["scorer"] = t
             if cfg.dense_weight > 0:
                 ww = word_weights(tr_texts, tr_labels)
                 arrays |= {"words": np.array(list(ww), dtype=str), "weights": np.array(list(ww.values()), np.float32)}
@@ -344,7 +347,7 @@ def train(cfg: TrainConfig) -> dict:
             scorer = NgramScorer(cached(
                 path and path.with_name(path.stem + ".scorer.npz"),
                 fingerprint(tr_texts + va_texts + unl, tr_labels, settings=(_cache_tag(kind.name, "scorer"), num_labels)),
-                lambda: fit_scorer(tr_texts, tr_labels, va_texts + unl, kind=kind.name)))
+                lambda: fitted.pop("scorer", None) or fit_scorer(tr_texts, tr_labels, va_texts + unl, kind=kind.name)))
             print(f"teacher: scorer for spliced texts ready, {len(scorer.index):,} n-grams ({time.time() - t0:.0f}s)",
                   flush=True)
     if cfg.splice_augment > 0 and scorer is None:

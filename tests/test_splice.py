@@ -140,9 +140,14 @@ def test_splice_augment_trains_on_spliced_texts_with_the_teachers_targets(tmp_pa
     monkeypatch.setattr(Splicer, "make", make_spy)
     monkeypatch.setattr(DenseMemo, "words", words_spy)
     monkeypatch.setattr(train_mod.PerceiverByteTokenizer, "__call__", tok_spy)
+    from pcv.export import teacher as teacher_mod
+
+    refits, real_fit = [], teacher_mod.fit_scorer
+    monkeypatch.setattr(teacher_mod, "fit_scorer", lambda *a, **k: refits.append(1) or real_fit(*a, **k))
     cache = tmp_path / "t.npz"
     run = [*args, "--teacher", "ngram", "--teacher-cache", str(cache), "--splice-augment", "0.5"]
     assert train_main([*run, "--out", str(tmp_path / "a")]) == 0
+    assert refits == []  # the scorer is the teacher fitted for the targets, not a second fit
     pool = {r["text"] for r in rows}
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
     sizes = [min(8, m["pool_size"] - 8 * k) for k in range(m["steps"])]  # one epoch: the last batch is short
@@ -174,6 +179,16 @@ def test_splice_augment_trains_on_spliced_texts_with_the_teachers_targets(tmp_pa
     wa, wb = (load_file(str(tmp_path / n / "model.safetensors")) for n in "ab")
     for k in wa:
         np.testing.assert_array_equal(wa[k], wb[k])
+    # a teacher cache without its scorer's (made before --splice-augment was asked for): the scorer is fitted
+    # on its own, to the same arrays
+    shared = dict(np.load(tmp_path / "t.scorer.npz", allow_pickle=False))
+    (tmp_path / "t.scorer.npz").unlink()
+    assert train_main([*run, "--out", str(tmp_path / "c"), "--epochs", "0.1"]) == 0
+    assert refits == [1]
+    refitted = dict(np.load(tmp_path / "t.scorer.npz", allow_pickle=False))
+    assert refitted.keys() == shared.keys()
+    for k in shared:
+        np.testing.assert_array_equal(refitted[k], shared[k])
 
 
 def test_splice_workers_train_the_same_weights_as_the_thread(tmp_path, reviews):
