@@ -322,14 +322,16 @@ def soup_main(argv: list[str] | None = None) -> int:
         description="Average the weights of classifiers trained on from one start (a model soup): one model, "
                     "no extra inference cost. Uniform by default; --greedy keeps an ingredient only if the soup "
                     "scores no worse with it on a held-out labelled file.",
-        epilog="example: pcv-soup soup runs/a runs/b runs/c --greedy val/val-sample.jsonl && pcv-export soup soup/model.onnx",
+        epilog="example: pcv-soup soup runs/a runs/b runs/c && pcv-export soup soup/model.onnx",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("out", help="the soup's model dir (config.json, model.safetensors, soup.json)")
     p.add_argument("models", nargs="+", help="ingredients: model dirs or .safetensors weights of one architecture; "
                                              "the first a dir (its config describes the soup)")
-    p.add_argument("--greedy", metavar="DATA", help="labelled JSONL/CSV to select ingredients on (the texts the runs "
-                                                    "selected on, not the ones you report)")
+    p.add_argument("--greedy", metavar="DATA", help="labelled JSONL/CSV to select ingredients on: texts no ingredient "
+                                                    "was selected on (a run's best step scores high on its own "
+                                                    "selection sample, and greedy then keeps it alone) and not the "
+                                                    "ones you report")
     p.add_argument("--text-field", default="text")
     p.add_argument("--label-field", default="label")
     p.add_argument("--limit", type=int, help="score on the first N records of DATA")

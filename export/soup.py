@@ -7,7 +7,9 @@ than any one of them and costs nothing at inference, unlike an ensemble of the s
 - uniform: the mean of every ingredient;
 - greedy: the ingredients in order of their own accuracy on a held-out labelled file, each one
   kept only if the soup with it scores no worse there (the soup never scores below its best
-  ingredient on that file). Give it the texts runs selected on, not the ones you report.
+  ingredient on that file). The file must be one that no ingredient was selected on: a run's best
+  step, picked on its selection sample, scores high there by selection as well as by skill, and
+  greedy then keeps that run alone (measured: bench/results/soup/). Nor the texts you report on.
 
 Ingredients are model dirs (config.json + model.safetensors) or bare .safetensors weights (pcv-train
 keeps its last checkpoints as checkpoint/recent/step-N.safetensors); the first must be a dir: its

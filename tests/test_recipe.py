@@ -1,5 +1,5 @@
-"""The bundled model's recipes: recipe.sh (one GPU run, refused without CUDA) and recipe-cpu.sh (the
-previous model's three CPU stages) run their steps in order and, rerun after an interruption, resume
+"""The bundled model's recipes: recipe.sh (one GPU run, refused without CUDA), recipe-soup.sh (four CPU
+continuations of its model, then their soup) and recipe-cpu.sh (the previous model's three CPU stages) run their steps in order and, rerun after an interruption, resume
 the unfinished one and skip the finished ones. The trainers are replaced by stand-ins on PATH that log
 their arguments; the real ones are tested elsewhere."""
 
@@ -27,6 +27,10 @@ echo "{\\"config\\": {\\"max_minutes\\": $mm.0}}" > "$out/metrics.json"
 FAKE_EXPORT = """#!/usr/bin/env bash
 echo "export $(basename "$1")" >> "$LOG"
 """
+FAKE_SOUP = """#!/usr/bin/env bash
+out=$1; shift
+echo "soup $(basename "$out") $(for m in "$@"; do basename "$m"; done | tr '\\n' ' ')" >> "$LOG"
+"""
 
 
 # recipe.sh asks python3 whether torch sees a GPU: this stand-in answers from $CUDA.
@@ -38,7 +42,7 @@ FAKE_PYTHON = """#!/usr/bin/env bash
 def run_recipe(tmp_path: Path, fail_at: str = "", recipe: Path = RECIPE, cuda: bool = True) -> tuple[int, list[str]]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for name, text in (("pcv-train", FAKE_TRAIN), ("pcv-export", FAKE_EXPORT)):
+    for name, text in (("pcv-train", FAKE_TRAIN), ("pcv-export", FAKE_EXPORT), ("pcv-soup", FAKE_SOUP)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     python3 = bin_dir / "python3"
@@ -100,3 +104,25 @@ def test_recipe_rerun_after_interruption_resumes_the_unfinished_stage(tmp_path, 
 
     rc, calls = run_recipe(tmp_path)  # the rerun goes on from there
     assert (rc, calls) == (0, stages[stages.index(failed):] + ["export stage3"])
+
+
+SOUP_RUNS = ["train shift 95", "train splice 85", "train splice-nb 85", "train splice-nb-shift 75"]
+SOUP_END = ["soup soup shift splice splice-nb splice-nb-shift ", "export soup"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_soup_recipe_trains_four_continuations_then_soups_them(tmp_path):
+    soup = RECIPES / "recipe-soup.sh"
+    rc, calls = run_recipe(tmp_path, recipe=soup)
+    assert (rc, calls) == (0, SOUP_RUNS + SOUP_END)
+    rc, calls = run_recipe(tmp_path, recipe=soup)  # everything trained: only the soup and its export again
+    assert (rc, calls) == (0, SOUP_END)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_soup_recipe_rerun_after_interruption_resumes_the_unfinished_run(tmp_path):
+    soup = RECIPES / "recipe-soup.sh"
+    rc, calls = run_recipe(tmp_path, fail_at="85", recipe=soup)  # the second run is interrupted
+    assert rc != 0 and calls == SOUP_RUNS[:2]
+    rc, calls = run_recipe(tmp_path, recipe=soup)
+    assert (rc, calls) == (0, SOUP_RUNS[1:] + SOUP_END)
