@@ -47,23 +47,14 @@ def kind_of(name: str) -> Kind:
     return KINDS[name]
 
 
-def teacher_probs(
-    train_texts: list[str],
-    train_labels: npt.NDArray[np.int64],
-    other_texts: list[str],
-    *,
-    num_labels: int,
-    folds: int = FOLDS,
-    seed: int = 0,
-    probe_texts: Sequence[str] = (),
-    kind: str = "ngram",
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+def teacher_probs(train_texts: list[str], train_labels: npt.NDArray[np.int64], other_texts: list[str], **options
+                  ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """(cross-validated probs for train_texts (N, C), probs for other_texts (M, C), probs for
-    probe_texts (P, C)). Probe texts are only scored, never part of the vectoriser's fit, so they
-    leave the other outputs unchanged (pcv-train scores the validation texts cut to the student's
-    max_length: the ceiling a student of that length can reach by copying the teacher)."""
-    t = fit_teacher(train_texts, train_labels, other_texts, num_labels=num_labels, folds=folds, seed=seed,
-                    probe_texts=probe_texts, kind=kind)
+    probe_texts (P, C)); options as fit_teacher's (num_labels, folds, seed, probe_texts, kind).
+    Probe texts are only scored, never part of the vectoriser's fit, so they leave the other outputs
+    unchanged (pcv-train scores the validation texts cut to the student's max_length: the ceiling a
+    student of that length can reach by copying the teacher)."""
+    t = fit_teacher(train_texts, train_labels, other_texts, **options)
     return t["cv"], t["other"], t["probe"]
 
 
