@@ -49,6 +49,16 @@ class Row:
     failures: list[str] = field(default_factory=list)
 
 
+def labelled_texts(model, data: str, *, text_field: str, label_field: str, limit: int | None
+                   ) -> tuple[list[str], npt.NDArray[np.int64]]:
+    """The texts of a labelled file and their labels as the model's ids (names from its id2label)."""
+    from .train import TrainConfig, load_labelled
+
+    names = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
+    cfg = TrainConfig(data=(data,), out="", text_field=text_field, label_field=label_field, labels=names, limit=limit)
+    return load_labelled((data,), cfg)
+
+
 def _batches(texts: list[str], max_length: int, batch_size: int) -> list[Batch]:
     plan = BatchPlan(batch_size=batch_size, max_tokens=batch_size * max_length)
     return plan_and_tokenize(texts, max_length=max_length, plan=plan)

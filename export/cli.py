@@ -289,14 +289,11 @@ def check_main(argv: list[str] | None = None) -> int:
         from dataclasses import replace
         from pathlib import Path
 
-        from .check import TOLERANCES, Row, compare, format_table, onnx_logits, rows_json, torch_logits
+        from .check import TOLERANCES, Row, compare, format_table, labelled_texts, onnx_logits, rows_json, torch_logits
         from .modeling import load_classifier
-        from .train import TrainConfig, load_labelled
 
         model = load_classifier(a.model, allow_pickle=a.allow_pickle)
-        names = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
-        cfg = TrainConfig(data=(a.data,), out="", text_field=a.text_field, label_field=a.label_field, labels=names, limit=a.limit)
-        texts, labels = load_labelled((a.data,), cfg)
+        texts, labels = labelled_texts(model, a.data, text_field=a.text_field, label_field=a.label_field, limit=a.limit)
         max_length = int(model.config.max_position_embeddings)
         ref, speed = torch_logits(model, texts, max_length=max_length, batch_size=a.batch_size)
         ref_acc = float((ref.argmax(1) == labels).mean())

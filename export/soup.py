@@ -18,7 +18,6 @@ config describes the soup. Safetensors only: nothing is unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Callable
 import torch
 
 from pcv.runtime.errors import ModelError
+from pcv.runtime.modelfile import file_sha256
 
 from .loop import average_weights
 from .modeling import load_classifier
@@ -50,20 +50,12 @@ class Ingredient:
     sha256: str
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def ingredient(source: str) -> Ingredient:
     path = Path(source).expanduser()
     weights = path / "model.safetensors" if path.is_dir() else path
     if weights.suffix != ".safetensors" or not weights.is_file():
         raise ModelError(f"{source}: not a model dir with model.safetensors nor a .safetensors file")
-    return Ingredient(source, weights, _sha256(weights))
+    return Ingredient(source, weights, file_sha256(weights))
 
 
 def check_compatible(model: torch.nn.Module, items: list[Ingredient]) -> None:
@@ -113,13 +105,10 @@ def make_soup(cfg: SoupConfig, *, log: Callable[[str], None] = print) -> dict:
         kept = list(range(len(items)))
         soup_acc = None
     else:
-        from .check import torch_logits
-        from .train import TrainConfig, load_labelled
+        from .check import labelled_texts, torch_logits
 
-        names = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
-        tc = TrainConfig(data=(cfg.data,), out="", text_field=cfg.text_field, label_field=cfg.label_field,
-                         labels=names, limit=cfg.limit)
-        texts, labels = load_labelled((cfg.data,), tc)
+        texts, labels = labelled_texts(model, cfg.data, text_field=cfg.text_field, label_field=cfg.label_field,
+                                       limit=cfg.limit)
         max_length = int(model.config.max_position_embeddings)
 
         def score(idx: list[int]) -> float:

@@ -8,7 +8,6 @@ checker; numerical parity with the torch model is pcv-check's job.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import tempfile
 from collections import Counter
@@ -20,7 +19,7 @@ import numpy as np
 import onnx
 
 from pcv.runtime.errors import PcvError, ProviderError
-from pcv.runtime.modelfile import scan_onnx
+from pcv.runtime.modelfile import file_sha256, scan_onnx
 from pcv.runtime.tokenizer import DEFAULT_MAX_LENGTH, PerceiverByteTokenizer
 
 from .onnx_export import save_onnx, set_metadata
@@ -61,19 +60,11 @@ def op_counts(model: onnx.ModelProto) -> Counter:
     return Counter(n.op_type for n in model.graph.node)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _finish(proto: onnx.ModelProto, src: Path, out: Path, kind: str, extra: dict[str, str] | None = None) -> None:
     domains = {n.domain for n in proto.graph.node if n.domain} - {o.domain for o in proto.opset_import}
     for d in sorted(domains):  # ORT contrib ops need their domain declared for the checker
         proto.opset_import.append(onnx.helper.make_opsetid(d, 1))
-    meta = {"pcv.variant": kind, "pcv.variant_of": _file_sha256(src)}
+    meta = {"pcv.variant": kind, "pcv.variant_of": file_sha256(src)}
     meta.update(extra or {})
     set_metadata(proto, meta)
     save_onnx(proto, out)

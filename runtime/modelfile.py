@@ -180,6 +180,13 @@ def _digest_range(h, path: Path, offset: int, length: int | None) -> None:
                 left -= len(chunk)
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a whole file, read 16 MiB at a time."""
+    h = hashlib.sha256()
+    _digest_range(h, Path(path), 0, None)
+    return h.hexdigest()
+
+
 def graph_digest(path: str | Path, scan: ModelScan | None = None) -> str:
     """The digest pcv records at export as metadata pcv.graph_sha256 (metadata itself excluded):
     sha256 over the serialized graph, then each external data range in order."""
