@@ -68,9 +68,10 @@ def fit_teacher(
     seed: int = 0,
     probe_texts: Sequence[str] = (),
     kind: str = "ngram",
+    with_scorer: bool = False,
 ) -> dict[str, np.ndarray]:
-    """teacher_probs' three outputs as "cv", "other" and "probe", and the full teacher as fit_scorer
-    returns it (its other keys): one fit for both when pcv-train splices."""
+    """teacher_probs' three outputs as "cv", "other" and "probe", and with_scorer the full teacher as
+    fit_scorer returns it (its other keys): one fit for both when pcv-train splices."""
     from sklearn.model_selection import StratifiedKFold
 
     k = kind_of(kind)
@@ -84,7 +85,7 @@ def fit_teacher(
     empty = np.zeros((0, num_labels), np.float32)
     other = full.predict_proba(x_other).astype(np.float32) if len(other_texts) else empty
     probe = full.predict_proba(vec.transform(list(probe_texts))).astype(np.float32) if len(probe_texts) else empty
-    return {"cv": cv, "other": other, "probe": probe, **_scorer_arrays(vec, full, k)}
+    return {"cv": cv, "other": other, "probe": probe, **(_scorer_arrays(vec, full, k) if with_scorer else {})}
 
 
 def _vectoriser(k: Kind):

@@ -316,9 +316,9 @@ def train(cfg: TrainConfig) -> dict:
 
         def build() -> dict[str, np.ndarray]:
             t = fit_teacher(tr_texts, tr_labels, va_texts + unl, num_labels=num_labels, seed=cfg.split_seed,
-                            probe_texts=seen, kind=kind.name)
+                            probe_texts=seen, kind=kind.name, with_scorer=cfg.splice_augment > 0)
             arrays = {name: t.pop(name) for name in ("cv", "other", "probe")}
-            fitted["scorer"] = t
+            fitted["scorer"] = t  # empty unless splicing
             if cfg.dense_weight > 0:
                 ww = word_weights(tr_texts, tr_labels)
                 arrays |= {"words": np.array(list(ww), dtype=str), "weights": np.array(list(ww.values()), np.float32)}
