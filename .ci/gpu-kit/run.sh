@@ -16,6 +16,11 @@
 #      teacher: the bundled model scores 98.5 % on its own training reviews, 88.8 % on validation)
 #   g  f with --shift-augment 8 too
 #   h  f with the stronger teacher: --teacher ngram-nb (word 1-3-grams, naive-Bayes scaled; its own cache)
+#   i-l  continuations of the 8-minute GPU model (models/imdb-perceiver/training/base), soup ingredients
+#      beside the CPU ones of recipe-soup.sh: the ngram-nb teacher, batch 64, each its own seed and
+#      augmentation (i splices; j splices + shifts; k shifts, lower rate; l splices, higher rate).
+#      RUNS="i j k l" MIN=7 carries only .gpu/xz and .gpu/teacher-nb* (the checkout and all of .gpu
+#      are over the 64 MiB a call takes; the ngram teacher is not read by these runs)
 set -u
 DEV=${DEV:-cuda}; MIN=${MIN:-8}; RUNS=${RUNS:-h f c}; OUT=${OUT:?set by the device}
 W=/tmp/pcvgpu; rm -rf $W; mkdir -p $W/pkg/pcv $W/runs $W/data "$OUT"
@@ -42,13 +47,18 @@ FLAGS[e]="${FLAGS[b]} --shift-augment 8"
 FLAGS[f]="${FLAGS[c]} --splice-augment 0.5"
 FLAGS[g]="${FLAGS[f]} --shift-augment 8"
 FLAGS[h]="${FLAGS[f]} --teacher ngram-nb --teacher-cache .gpu/teacher-nb.npz"  # later flags win
+CONT="--init-from models/imdb-perceiver/training/base --teacher ngram-nb --teacher-cache .gpu/teacher-nb.npz --batch-size 64 --warmup-steps 100"
+FLAGS[i]="$CONT --lr 1e-4 --splice-augment 0.5 --seed 2"
+FLAGS[j]="$CONT --lr 1e-4 --splice-augment 0.5 --shift-augment 8 --seed 3"
+FLAGS[k]="$CONT --lr 5e-5 --shift-augment 8 --seed 4"
+FLAGS[l]="$CONT --lr 2e-4 --splice-augment 0.5 --seed 5"
 for r in $RUNS; do
   # shellcheck disable=SC2086
   (python3 -c 'import sys; from pcv.export.cli import train_main; sys.exit(train_main())' "$D/train.jsonl" \
      --out $W/runs/$r "${COMMON[@]}" ${FLAGS[$r]} > $W/runs/$r.log 2>&1; echo "run $r exit $?") &
 done
-for _ in $(seq $((MIN + 2))); do
-  sleep 60; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
+for _ in $(seq $((MIN * 4 + 8))); do  # a look every 15 s, so the wait ends soon after the runs
+  sleep 15; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
   for r in $RUNS; do grep -h '"step"' $W/runs/$r.log 2>/dev/null | tail -1 | sed "s/^/$r /"; done
   [[ -z "$(jobs -r)" ]] && break
 done
