@@ -52,6 +52,12 @@ FLAGS[i]="$CONT --lr 1e-4 --splice-augment 0.5 --seed 2"
 FLAGS[j]="$CONT --lr 1e-4 --splice-augment 0.5 --shift-augment 8 --seed 3"
 FLAGS[k]="$CONT --lr 5e-5 --shift-augment 8 --seed 4"
 FLAGS[l]="$CONT --lr 2e-4 --splice-augment 0.5 --seed 5"
+# m-p: a second round from the soup of i-l (pcv-soup .gpu/g4 i j k l, carried as .gpu/g4), lower rates
+CONT2="--init-from .gpu/g4 --teacher ngram-nb --teacher-cache .gpu/teacher-nb.npz --batch-size 64 --warmup-steps 50"
+FLAGS[m]="$CONT2 --lr 5e-5 --splice-augment 0.5 --seed 6"
+FLAGS[n]="$CONT2 --lr 5e-5 --splice-augment 0.5 --shift-augment 8 --seed 7"
+FLAGS[o]="$CONT2 --lr 3e-5 --shift-augment 8 --seed 8"
+FLAGS[p]="$CONT2 --lr 1e-4 --splice-augment 0.5 --seed 9"
 for r in $RUNS; do
   # shellcheck disable=SC2086
   (python3 -c 'import sys; from pcv.export.cli import train_main; sys.exit(train_main())' "$D/train.jsonl" \
