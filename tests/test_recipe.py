@@ -21,7 +21,7 @@ out=""; mm=""
 while [[ $# -gt 0 ]]; do case $1 in --out) out=$2; shift;; --max-minutes) mm=$2; shift;; esac; shift; done
 echo "train $(basename "$out") $mm" >> "$LOG"
 mkdir -p "$out/checkpoint"
-[[ "$mm" == "${FAIL_AT:-}" ]] && exit 1
+[[ -n "${FAIL_AT:-}" && "$mm" == "$FAIL_AT" ]] && exit 1
 echo "{\\"config\\": {\\"max_minutes\\": $mm.0}}" > "$out/metrics.json"
 """
 FAKE_EXPORT = """#!/usr/bin/env bash
@@ -126,3 +126,34 @@ def test_soup_recipe_rerun_after_interruption_resumes_the_unfinished_run(tmp_pat
     assert rc != 0 and calls == SOUP_RUNS[:2]
     rc, calls = run_recipe(tmp_path, recipe=soup)
     assert (rc, calls) == (0, SOUP_RUNS[1:] + SOUP_END)
+
+
+GPU_SOUP = RECIPES / "recipe-soup-gpu.sh"
+GPU_SOUP_RUNS = ["train i 7", "train j 7", "train k 7", "train l 7"]
+GPU_SOUP_END = ["soup soup i j k l ", "export soup"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_soup_recipe_fits_the_teacher_then_trains_four_side_by_side_then_soups(tmp_path):
+    rc, calls = run_recipe(tmp_path, recipe=GPU_SOUP)
+    assert rc == 0
+    # the teacher first (the stand-in writes no cache, so a rerun fits it again), the runs in any order
+    assert calls[0] == "train teacher-run " and sorted(calls[1:5]) == GPU_SOUP_RUNS and calls[5:] == GPU_SOUP_END
+    rc, calls = run_recipe(tmp_path, recipe=GPU_SOUP)  # everything trained: the soup and its export again
+    assert (rc, calls) == (0, ["train teacher-run "] + GPU_SOUP_END)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_soup_recipe_stops_before_the_soup_when_a_run_fails_and_resumes(tmp_path, capsys):
+    rc, calls = run_recipe(tmp_path, fail_at="7", recipe=GPU_SOUP)  # the four runs interrupted
+    assert rc == 1 and sorted(calls[1:]) == GPU_SOUP_RUNS  # no soup of unfinished runs
+    assert "rerun this command" in capsys.readouterr().out
+    rc, calls = run_recipe(tmp_path, recipe=GPU_SOUP)
+    assert rc == 0 and sorted(calls[1:5]) == GPU_SOUP_RUNS and calls[5:] == GPU_SOUP_END
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_soup_recipe_without_cuda_says_so_and_trains_nothing(tmp_path, capsys):
+    rc, calls = run_recipe(tmp_path, recipe=GPU_SOUP, cuda=False)
+    assert rc == 2 and calls == []
+    assert "recipe-soup.sh" in capsys.readouterr().out

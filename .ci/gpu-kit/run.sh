@@ -16,11 +16,13 @@
 #      teacher: the bundled model scores 98.5 % on its own training reviews, 88.8 % on validation)
 #   g  f with --shift-augment 8 too
 #   h  f with the stronger teacher: --teacher ngram-nb (word 1-3-grams, naive-Bayes scaled; its own cache)
-#   i-l  continuations of the 8-minute GPU model (models/imdb-perceiver/training/base), soup ingredients
-#      beside the CPU ones of recipe-soup.sh: the ngram-nb teacher, batch 64, each its own seed and
-#      augmentation (i splices; j splices + shifts; k shifts, lower rate; l splices, higher rate).
-#      RUNS="i j k l" MIN=7 carries only .gpu/xz and .gpu/teacher-nb* (the checkout and all of .gpu
-#      are over the 64 MiB a call takes; the ngram teacher is not read by these runs)
+#   i-l  continuations of the 8-minute GPU model (models/imdb-perceiver/training/base): the runs of
+#      models/imdb-perceiver/recipe-soup-gpu.sh, whose soup is the bundled model since the sixteenth
+#      session (the ngram-nb teacher, batch 64, each its own seed and augmentation). RUNS="i j k l" MIN=7,
+#      carrying only .gpu/xz and .gpu/teacher-nb* (the checkout and all of .gpu are over the 64 MiB a
+#      call takes; the ngram teacher is not read by these runs; model.onnx and model.safetensors of the
+#      bundled model were moved aside for the call)
+#   m-p  a second round from the soup of i-l, 3 minutes: its soup tied with the first (not shipped)
 set -u
 DEV=${DEV:-cuda}; MIN=${MIN:-8}; RUNS=${RUNS:-h f c}; OUT=${OUT:?set by the device}
 W=/tmp/pcvgpu; rm -rf $W; mkdir -p $W/pkg/pcv $W/runs $W/data "$OUT"
