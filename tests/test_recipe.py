@@ -14,13 +14,14 @@ import pytest
 RECIPES = Path(__file__).resolve().parents[1] / "models" / "imdb-perceiver"
 RECIPE = RECIPES / "recipe-cpu.sh"
 
-# Logs its --out and --max-minutes; writes metrics.json as pcv-train does at the end of a run,
+# Logs its --out and --max-minutes, keeps its --init-from in OUT/init_from; writes metrics.json as pcv-train does at the end of a run,
 # unless $FAIL_AT names this budget (the run is "interrupted": a checkpoint, no metrics.json).
 FAKE_TRAIN = """#!/usr/bin/env bash
-out=""; mm=""
-while [[ $# -gt 0 ]]; do case $1 in --out) out=$2; shift;; --max-minutes) mm=$2; shift;; esac; shift; done
+out=""; mm=""; init=""
+while [[ $# -gt 0 ]]; do case $1 in --out) out=$2; shift;; --max-minutes) mm=$2; shift;; --init-from) init=$2; shift;; esac; shift; done
 echo "train $(basename "$out") $mm" >> "$LOG"
 mkdir -p "$out/checkpoint"
+echo -n "$init" > "$out/init_from"
 [[ -n "${FAIL_AT:-}" && "$mm" == "$FAIL_AT" ]] && exit 1
 echo "{\\"config\\": {\\"max_minutes\\": $mm.0}}" > "$out/metrics.json"
 """
@@ -39,7 +40,8 @@ FAKE_PYTHON = """#!/usr/bin/env bash
 """
 
 
-def run_recipe(tmp_path: Path, fail_at: str = "", recipe: Path = RECIPE, cuda: bool = True) -> tuple[int, list[str]]:
+def run_recipe(tmp_path: Path, fail_at: str = "", recipe: Path = RECIPE, cuda: bool = True,
+               args: tuple[str, ...] = ()) -> tuple[int, list[str]]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     for name, text in (("pcv-train", FAKE_TRAIN), ("pcv-export", FAKE_EXPORT), ("pcv-soup", FAKE_SOUP)):
@@ -55,7 +57,7 @@ def run_recipe(tmp_path: Path, fail_at: str = "", recipe: Path = RECIPE, cuda: b
     log.write_text("")
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "LOG": str(log), "FAIL_AT": fail_at,
            "CUDA": "1" if cuda else "0"}
-    proc = subprocess.run(["bash", str(recipe), str(tmp_path / "data"), str(tmp_path / "run")], env=env,
+    proc = subprocess.run(["bash", str(recipe), str(tmp_path / "data"), str(tmp_path / "run"), *args], env=env,
                           capture_output=True, text=True)
     if proc.returncode:
         print(proc.stderr)
@@ -139,6 +141,7 @@ def test_gpu_soup_recipe_fits_the_teacher_then_trains_four_side_by_side_then_sou
     assert rc == 0
     # the teacher first (the stand-in writes no cache, so a rerun fits it again), the runs in any order
     assert calls[0] == "train teacher-run " and sorted(calls[1:5]) == GPU_SOUP_RUNS and calls[5:] == GPU_SOUP_END
+    assert (tmp_path / "run" / "i" / "init_from").read_text() == str(RECIPES / "training" / "base")
     rc, calls = run_recipe(tmp_path, recipe=GPU_SOUP)  # everything trained: the soup and its export again
     assert (rc, calls) == (0, ["train teacher-run "] + GPU_SOUP_END)
 
@@ -157,3 +160,14 @@ def test_gpu_soup_recipe_without_cuda_says_so_and_trains_nothing(tmp_path, capsy
     rc, calls = run_recipe(tmp_path, recipe=GPU_SOUP, cuda=False)
     assert rc == 2 and calls == []
     assert "recipe-soup.sh" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_soup_recipe_from_scratch_trains_the_base_first_and_continues_from_it(tmp_path):
+    rc, calls = run_recipe(tmp_path, recipe=GPU_SOUP, args=("scratch",))
+    assert rc == 0 and calls[:3] == ["train base 8", "export base", "train teacher-run "]
+    assert sorted(calls[3:7]) == GPU_SOUP_RUNS and calls[7:] == GPU_SOUP_END
+    for run in "ijkl":  # the runs continue the base just trained, not the bundled one
+        assert (tmp_path / "run" / run / "init_from").read_text() == str(tmp_path / "run" / "base")
+    rc, calls = run_recipe(tmp_path, recipe=GPU_SOUP, args=("scratch",))  # all trained: nothing retrained
+    assert (rc, calls) == (0, ["export base", "train teacher-run "] + GPU_SOUP_END)

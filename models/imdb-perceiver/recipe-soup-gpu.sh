@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The bundled model's recipe on one CUDA GPU, in one command (7 minutes of training after the base):
-#   bash models/imdb-perceiver/recipe-soup-gpu.sh [IMDB data dir] [output dir] [base model dir]
-# The base is the 8-minute GPU model (recipe.sh's output; its weights are kept in training/base).
+#   bash models/imdb-perceiver/recipe-soup-gpu.sh [IMDB data dir] [output dir] [base model dir | scratch]
+# The base is the 8-minute GPU model (recipe.sh's output; its weights are kept in training/base);
+# `scratch` trains it first with recipe.sh into OUT/base (15 minutes of training in all, from nothing).
 # Four runs train it on side by side on the one GPU, each time-boxed to 7 minutes (the cosine follows
 # the clock), all with the ngram-nb teacher, dense distillation and batches of 64, each its own seed:
 #   i  --splice-augment 0.5, lr 1e-4            j  splices and --shift-augment 8, lr 1e-4
@@ -23,6 +24,10 @@ if ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else
   echo "recipe-soup-gpu.sh trains on a CUDA GPU and torch sees none here; on a CPU, recipe-soup.sh makes the" \
        "previous bundled model in ~5.7 hours" >&2
   exit 2
+fi
+if [[ $BASE == scratch ]]; then
+  bash "$HERE/recipe.sh" "$DATA" "$OUT/base"
+  BASE=$OUT/base
 fi
 DATA_FLAGS=(--teacher ngram-nb --teacher-cache "$OUT/teacher-nb.npz" --unlabelled "$DATA/unsup.jsonl.gz" --dense-weight 1.0
             --val-limit 1000 --max-length 2048)
