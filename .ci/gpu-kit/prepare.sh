@@ -40,4 +40,12 @@ if [[ ${SITE:-0} == 1 && ! -d .gpu/site ]]; then
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/site \
     transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2
 fi
-du -sh .gpu/* 
+du -sh .gpu/*
+# what a call would carry: the checkout's tracked files (as they are now) and all of .gpu
+tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+kit=$(du -sb .gpu | cut -f1)
+if (( tracked + kit > 64 * 1024 * 1024 )); then
+  echo "the checkout ($((tracked >> 20)) MiB) and .gpu ($((kit >> 20)) MiB) are over a call's 64 MiB: move" \
+       "models/imdb-perceiver/model.onnx and model.safetensors aside for the call, or carry only .gpu/xz and the" \
+       "teacher caches the runs read (run.sh's header)" >&2
+fi

@@ -3,6 +3,10 @@
 # a torch read of each run's best model on the seeded 2,500 validation reviews (evalruns.py); each
 # run comes back as $OUT/<name>.tgz.NN (15 MB pieces; cat them and untar).
 #   run(command="bash .ci/gpu-kit/run.sh", carry=[".gpu"], timeout_s=600)
+#   A call carries at most 64 MiB: the checkout (~33 MB since the sixteenth session) and all of .gpu
+#   (~42 MB) are over it. prepare.sh says so; then move models/imdb-perceiver/model.onnx and
+#   model.safetensors aside for the call (no run reads them; a and i-l read training/base) and put
+#   them back after, and/or carry only what the runs read (.gpu/xz plus one teacher's two caches).
 #   RUNS="h f c" MIN=8: a call must end inside 600 s; three runs share the card as in the ninth
 #   session (gpu-h100-8min), so c is its control. A dry run here: DEV=cpu MIN=1 RUNS=c OUT=/tmp/o bash ...
 # Runs (the flags beyond the recipe's data flags):
