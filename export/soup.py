@@ -110,13 +110,16 @@ def make_soup(cfg: SoupConfig, *, log: Callable[[str], None] = print) -> dict:
         texts, labels = labelled_texts(model, cfg.data, text_field=cfg.text_field, label_field=cfg.label_field,
                                        limit=cfg.limit)
         max_length = int(model.config.max_position_embeddings)
+        done: dict[tuple[int, ...], float] = {}  # greedy starts from the best single one, already scored
 
         def score(idx: list[int]) -> float:
-            model.load_state_dict(average_weights([items[i].weights for i in idx]))
-            logits, _ = torch_logits(model, texts, max_length=max_length, batch_size=cfg.batch_size)
-            acc = float((logits.argmax(1) == labels).mean())
-            log(f"soup of {[i + 1 for i in idx]}: accuracy {acc:.4f} on {len(texts):,} texts of {cfg.data}")
-            return acc
+            key = tuple(sorted(idx))
+            if key not in done:
+                model.load_state_dict(average_weights([items[i].weights for i in idx]))
+                logits, _ = torch_logits(model, texts, max_length=max_length, batch_size=cfg.batch_size)
+                done[key] = float((logits.argmax(1) == labels).mean())
+                log(f"soup of {[i + 1 for i in idx]}: accuracy {done[key]:.4f} on {len(texts):,} texts of {cfg.data}")
+            return done[key]
 
         for i in range(len(items)):
             scores[i] = score([i])

@@ -44,9 +44,13 @@ def test_uniform_soup_is_the_mean_of_its_ingredients(tmp_path, review_texts):
     assert len({i["sha256"] for i in rec["ingredients"]}) == 3
 
 
-def test_greedy_soup_drops_an_ingredient_that_hurts(tmp_path, reviews):
+def test_greedy_soup_drops_an_ingredient_that_hurts(tmp_path, reviews, monkeypatch):
     """The bundled model and its negation: their mean is all zeros (constant logits), so greedy keeps the
     bundled model alone, which scores better than the negation on real reviews."""
+    from pcv.export import check
+
+    passes, real_logits = [], check.torch_logits
+    monkeypatch.setattr(check, "torch_logits", lambda *a, **k: passes.append(1) or real_logits(*a, **k))
     good = load_classifier(str(BUNDLED))
     bad = _dir(tmp_path, "negated", tiny_model())  # replaced below by the negated bundled weights
     good.config.save_pretrained(bad)
@@ -59,6 +63,7 @@ def test_greedy_soup_drops_an_ingredient_that_hurts(tmp_path, reviews):
     negated, bundled = rec["ingredients"]
     assert bundled["kept"] and not negated["kept"] and bundled["accuracy"] > negated["accuracy"]
     assert rec["soup_accuracy"] == bundled["accuracy"] and rec["texts"] == 24
+    assert len(passes) == 3  # each alone, then the pair: the best one alone is not scored again
     written = load_file(tmp_path / "soup" / "model.safetensors")
     for k, v in good.state_dict().items():
         assert torch.equal(written[k], v), k
