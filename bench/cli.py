@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pcv.runtime.errors import PcvError
+from pcv.runtime.errors import PcvError, console_script
 
 
 def _ints(s: str) -> tuple[int, ...]:
     return tuple(int(x) for x in s.split(",") if x)
 
 
+@console_script("pcv-bench")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="pcv-bench",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pcv.runtime.errors import PcvError
+from pcv.runtime.errors import PcvError, console_script
 
 
 def _fail(msg: str) -> int:
@@ -66,6 +66,7 @@ def _run_args(a: argparse.Namespace) -> dict:
     return {f: getattr(a, f) for f in _RUN_FIELDS}
 
 
+@console_script("pcv-train")
 def train_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="pcv-train",
@@ -156,6 +157,7 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@console_script("pcv-pretrain")
 def pretrain_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="pcv-pretrain",
@@ -202,6 +204,7 @@ SAMPLE_TEXTS = (
 )
 
 
+@console_script("pcv-export")
 def export_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="pcv-export",
@@ -263,6 +266,7 @@ def export_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@console_script("pcv-check")
 def check_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="pcv-check",
@@ -313,6 +317,7 @@ def check_main(argv: list[str] | None = None) -> int:
     return 0 if all(r.passed for r in rows) else 1
 
 
+@console_script("pcv-soup")
 def soup_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="pcv-soup",

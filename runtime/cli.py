@@ -1,23 +1,38 @@
-"""pcv-batch: classify whole files of reviews with an ONNX Perceiver model."""
+"""pcv-batch: classify whole files of reviews with an ONNX Perceiver model.
+
+The run, top to bottom: parse the options into a frozen Job; check inputs and outputs (nothing is
+written to a path that is an input, the model or another output); lock the outputs; load the
+model; start fresh or resume from the verified state; classify window by window, committing after
+each; publish the staged files; exit with the status of the whole job.
+"""
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import itertools
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
+from . import resume as rs
 from .api import TextClassifier
-from .errors import PcvError
+from .errors import InputError, PcvError, console_script, describe_os_error
+from .outputs import LineSink, OutputLock, Target, check_distinct, remove_stale, target
 from .pipeline import LONG_TEXT, Result, classify_records
-from .readers import ReaderConfig, Record, detect_format, label_index, read_records
-from .resume import State
-from .writer import LazyFile, error_line, prediction_line
+from .readers import FieldNotFoundError, ReaderConfig, Record, check_input_path, detect_format, is_stream, label_index, read_records
+from .writer import error_line, prediction_line
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGHUP: 129, signal.SIGTERM: 143}
+EXIT_BROKEN_PIPE = 141  # as a shell reports a process ended by SIGPIPE: the reader went away
+TEXT_FIELD_PROBE = 1000  # leading JSONL records without the text field that mean a wrong --text-field
 
 EPILOG = """examples:
   pcv-batch examples/reviews.jsonl                      # bundled model, predictions to stdout
@@ -26,41 +41,21 @@ EPILOG = """examples:
   pcv-batch val.jsonl -o preds.jsonl --label-field label  # also the accuracy against the file's labels
 
 exit status: 0 every record classified; 1 some records failed (see the errors file), the rest
-were classified; 2 nothing could run (bad option, unreadable input, unusable model or provider);
-130 interrupted."""
+were classified; 2 nothing could run or the run stopped (bad option, unreadable input, an output
+that names an input or is locked by another run, unusable model or provider, an OS error);
+130 / 143 / 129 interrupted by Ctrl-C / SIGTERM / SIGHUP (resumable with --resume);
+141 the reader of stdout went away. A resumed or already complete job exits with the status
+of the whole job."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pcv-batch", description="Classify reviews in JSONL, CSV or text files.",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL/CSV/TXT files (.gz ok), or - for stdin")
-    p.add_argument("-o", "--output", default="-", help="predictions JSONL (default: stdout)")
-    p.add_argument("--errors", help="errors JSONL (default: OUTPUT.errors.jsonl, or pcv-errors.jsonl for stdout)")
-    p.add_argument("--model", help="an .onnx file or a dir holding model.onnx (default: the bundled IMDB model)")
-    p.add_argument("--provider", default="auto", help="auto | cpu | cuda | tensorrt (default: auto)")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads per run (default: 1 on cpu, all on gpu)")
-    p.add_argument("--concurrent-runs", type=int, help="session.run calls in flight (default: one per core on cpu, 1 on gpu)")
-    p.add_argument("--batch-size", type=int, help="texts per session.run (default: 1 on cpu, 64 on cuda/tensorrt)")
-    p.add_argument("--max-tokens", type=int, default=65_536, help="padded tokens per session.run")
-    p.add_argument("--window", type=int, default=4096, help="records length-sorted together")
-    p.add_argument("--long-text", choices=LONG_TEXT, default="head",
-                   help="texts longer than the model reads: classify their first max_length tokens (head, the "
-                        "default), or also their last ones and average the two (head-tail: one more run per long text)")
-    p.add_argument("--shifts", default="0", type=_shifts, metavar="S,S,...",
-                   help="read each text once per shift, after S leading spaces, and average the probabilities: "
-                        "0,4 moves every byte by half of the bundled model's 8-byte latent patch (+0.8 pt on its "
-                        "validation reviews at half the records/s; default 0: one read)")
-    p.add_argument("--format", choices=["jsonl", "csv", "txt"], help="input format (default: from the suffix; stdin: jsonl)")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--id-field", default="id")
-    p.add_argument("--label-field", help="score the predictions against this field (label names or ids) and "
-                   "print the accuracy; records without it are classified and left out of the score")
-    p.add_argument("--max-line-bytes", type=int, default=ReaderConfig().max_line_bytes,
-                   help="a longer input line is reported as an error, not read (default: 16 MiB)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run of the same command (needs -o); refuses other inputs/model/options")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    return p
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return n
 
 
 def _shifts(value: str) -> tuple[int, ...]:
@@ -70,7 +65,111 @@ def _shifts(value: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{value!r}: comma-separated byte counts, e.g. 0,4") from None
 
 
-def _all_records(inputs: list[str], rc: ReaderConfig) -> Iterator[tuple[str, Record]]:
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pcv-batch", description="Classify reviews in JSONL, CSV or text files.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL/CSV/TXT files (.gz ok), or - for stdin")
+    p.add_argument("-o", "--output", default="-", help="predictions JSONL (default: - , stdout)")
+    p.add_argument("--errors", help="errors JSONL (default: OUTPUT.errors.jsonl, or pcv-errors.jsonl for stdout)")
+    p.add_argument("--model", help="an .onnx file or a dir holding model.onnx (default: the bundled IMDB model)")
+    p.add_argument("--provider", default="auto", help="auto | cpu | cuda | tensorrt (default: auto)")
+    p.add_argument("--threads", type=_positive, help="onnxruntime intra-op threads per run (default: 1 on cpu, all on gpu)")
+    p.add_argument("--concurrent-runs", type=_positive,
+                   help="session.run calls in flight (default: one per core on cpu, 1 on gpu)")
+    p.add_argument("--batch-size", type=_positive, help="texts per session.run (default: 1 on cpu, 64 on cuda/tensorrt)")
+    p.add_argument("--max-tokens", type=_positive, default=65_536, help="padded tokens per session.run (default: 65536)")
+    p.add_argument("--window", type=_positive, default=4096, help="records length-sorted together (default: 4096)")
+    p.add_argument("--long-text", choices=LONG_TEXT, default="head",
+                   help="texts longer than the model reads: classify their first max_length tokens (head, the "
+                        "default), or also their last ones and average the two (head-tail: one more run per long text)")
+    p.add_argument("--shifts", default="0", type=_shifts, metavar="S,S,...",
+                   help="read each text once per shift, after S leading spaces, and average the probabilities: "
+                        "0,4 moves every byte by half of the bundled model's 8-byte latent patch (+0.8 pt on its "
+                        "validation reviews at half the records/s; default 0: one read)")
+    p.add_argument("--format", choices=["jsonl", "csv", "txt"], help="input format (default: from the suffix; stdin: jsonl)")
+    p.add_argument("--text-field", default="text", help="JSONL key / CSV column of the text (default: text)")
+    p.add_argument("--id-field", default="id", help="JSONL key / CSV column of the id, else the line number (default: id)")
+    p.add_argument("--label-field", help="score the predictions against this field (label names or ids) and "
+                   "print the accuracy; records without it are classified and left out of the score")
+    p.add_argument("--max-line-bytes", type=_positive, default=ReaderConfig().max_line_bytes,
+                   help="a longer input line is reported as an error, not read (default: 16777216, 16 MiB)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same command (needs -o FILE and file inputs); "
+                        "refuses other inputs/model/options")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+@dataclass(frozen=True)
+class Job:
+    """One pcv-batch job, built once from the command line; its options are the resume key."""
+
+    inputs: tuple[str, ...]
+    output: Target
+    errors: Target
+    model: str | None
+    reader: ReaderConfig
+    resume: bool
+    quiet: bool
+    argv: tuple[str, ...]  # to print the resume command
+
+    @property
+    def durable(self) -> bool:
+        """Resumable: a regular output file and inputs that can be read again."""
+        return not self.output.stream and not any(is_stream(p) for p in self.inputs)
+
+    def why_not_durable(self) -> str:
+        if self.output.stream:
+            return f"-o {self.output.given} is {self.output.kind()}, written as a stream"
+        src = next(p for p in self.inputs if is_stream(p))
+        return f"input {src} is {'stdin' if src == '-' else 'a stream (FIFO, device or process substitution)'}, read once"
+
+    def resume_hint(self) -> str:
+        argv = list(self.argv)
+        return "; resume with: " + shlex.join(["pcv-batch", *argv, *([] if "--resume" in argv else ["--resume"])])
+
+
+def _job(args: argparse.Namespace, argv: list[str]) -> Job:
+    if args.inputs.count("-") > 1:
+        raise InputError("stdin (-) can be given once")
+    for path in args.inputs:  # fail early on a missing file or unknown format, before loading the model
+        detect_format(path, args.format)
+        check_input_path(path)
+    errors = args.errors or (f"{args.output}.errors.jsonl" if args.output != "-" else "pcv-errors.jsonl")
+    reader = ReaderConfig(text_field=args.text_field, id_field=args.id_field or None, format=args.format,
+                          max_line_bytes=args.max_line_bytes, label_field=args.label_field, label_required=False,
+                          probe_text_field=TEXT_FIELD_PROBE)
+    return Job(tuple(args.inputs), target(args.output, "-o"), target(errors, "--errors"), args.model, reader,
+               args.resume, args.quiet, tuple(argv))
+
+
+def _resume_options(job: Job, args: argparse.Namespace, batch_size: int) -> dict:
+    # Batch composition is in the key too: it moves logits in the last bits (and int8 activation
+    # scales per batch), and a resumed run must give the uninterrupted run's answers.
+    options = {"text_field": args.text_field, "id_field": args.id_field, "format": args.format,
+               "errors": str(job.errors.path), "batch_size": batch_size, "max_tokens": args.max_tokens,
+               "window": args.window, "max_line_bytes": args.max_line_bytes, "long_text": args.long_text}
+    if args.shifts != (0,):
+        options["shifts"] = list(args.shifts)
+    if args.label_field:  # the score carries over a resume (State.scored/correct): same field only
+        options["label_field"] = args.label_field
+    return options
+
+
+def _check_outputs(job: Job, model_path: str) -> list[OutputLock]:
+    """Outputs against inputs, the model and each other; then the locks of the regular outputs."""
+    writes: list[tuple[str, str]] = [(job.output.role, job.output.given), (job.errors.role, job.errors.given)]
+    for tgt in (job.output, job.errors):
+        if not tgt.stream:
+            writes += [(f"the lock of {tgt.given}", str(tgt.beside(".pcv-lock")))]
+    if not job.output.stream:
+        writes.append((f"the resume state of {job.output.given}", str(rs.state_path(job.output.path))))
+    reads = [("input", p) for p in job.inputs] + [("--model", model_path)]
+    check_distinct(writes, reads)
+    return [OutputLock(t.path, t.role) for t in (job.output, job.errors) if not t.stream]
+
+
+def _all_records(inputs: tuple[str, ...], rc: ReaderConfig) -> Iterator[tuple[str, Record]]:
     for path in inputs:
         for rec in read_records(path, rc):
             yield path, rec
@@ -80,7 +179,7 @@ class Score:
     """Accuracy of the predictions against the records' own labels (pcv-batch --label-field); the counts
     live in the resume state, so a resumed run scores the whole file."""
 
-    def __init__(self, names: tuple[str, ...], state: State | None) -> None:
+    def __init__(self, names: tuple[str, ...], state: rs.State | None) -> None:
         self.names = names
         self.scored, self.correct = (state.scored, state.correct) if state else (0, 0)
         self.unlabelled = 0  # this run only
@@ -113,94 +212,220 @@ class Score:
         return msg
 
 
+class _Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled as Ctrl-C is: the last commit stands, the resume command is printed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts() -> Iterator[None]:
+    def handler(signum: int, frame: object) -> None:
+        raise _Signalled(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread (pcv-batch is; an embedding caller may not be)
+        return
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@console_script("pcv-batch")
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except PcvError as e:
-        print(f"pcv-batch: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        hint = ""
-        if args.output != "-":
-            argv_ = sys.argv[1:] if argv is None else argv
-            hint = "; resume with: pcv-batch " + " ".join(argv_) + ("" if "--resume" in argv_ else " --resume")
-        print(f"pcv-batch: interrupted{hint}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return EXIT_OK
+    job: Job | None = None
+    with _signals_as_interrupts():
+        try:
+            job = _job(args, argv)
+            return _run(job, args)
+        except PcvError as e:
+            print(f"pcv-batch: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt as e:
+            signum = e.signum if isinstance(e, _Signalled) else signal.SIGINT
+            hint = job.resume_hint() if job is not None and job.durable else ""
+            print(f"pcv-batch: interrupted ({signal.Signals(signum).name}){hint}", file=sys.stderr)
+            return EXIT_SIGNAL[signum]
+        except BrokenPipeError:
+            with contextlib.suppress(OSError):  # no second error from the interpreter's flush at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            with contextlib.suppress(OSError):
+                sys.stderr.write("pcv-batch: stdout was closed by its reader; not every prediction was written\n")
+            return EXIT_BROKEN_PIPE
+        except OSError as e:
+            hint = ""
+            if job is not None and job.durable and rs.state_path(job.output.path).exists():
+                hint = job.resume_hint()
+            print(f"pcv-batch: error: {describe_os_error(e)}{hint}", file=sys.stderr)
+            return EXIT_USAGE
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(job: Job, args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    if min(args.batch_size or 1, args.threads or 1, args.concurrent_runs or 1, args.max_tokens, args.window, args.max_line_bytes) < 1:
-        raise PcvError("--batch-size, --threads, --concurrent-runs, --max-tokens, --window and --max-line-bytes must be positive")
-    if args.inputs.count("-") > 1:
-        raise PcvError("stdin (-) can be given once")
-    for path in args.inputs:  # fail early on a missing file or unknown format, before loading the model
-        detect_format(path, args.format)
-        if path != "-":
-            if not os.path.isfile(path):
-                raise PcvError(f"{path}: no such file")
+    if args.resume and not job.durable:
+        raise PcvError(f"--resume needs -o FILE and file inputs: {job.why_not_durable()}")
+    from .session import resolve_model
+
+    model_path = resolve_model(job.model)
+    locks = _check_outputs(job, str(model_path))
+    with contextlib.ExitStack() as stack:
+        for lock in locks:
+            lock.acquire()
+            stack.callback(lock.release)
+        if not job.durable and (job.output.given != "-" if job.output.stream else "-" not in job.inputs):
+            # a named device, FIFO or stream input (stdin and stdout go without saying)
+            print(f"pcv-batch: {job.why_not_durable()}: not resumable", file=sys.stderr)
+        return _classify(job, args, t0)
+
+
+@dataclass
+class Tally:
+    classified: int = 0
+    failed: int = 0
+    truncated: int = 0
+
+    def plus(self, other: "Tally") -> "Tally":
+        return Tally(self.classified + other.classified, self.failed + other.failed, self.truncated + other.truncated)
+
+
+def _classify(job: Job, args: argparse.Namespace, t0: float) -> int:
     try:
-        tc = TextClassifier(args.model, provider=args.provider, batch_size=args.batch_size, threads=args.threads,
+        tc = TextClassifier(job.model, provider=args.provider, batch_size=args.batch_size, threads=args.threads,
                             concurrent_runs=args.concurrent_runs, max_tokens=args.max_tokens, window=args.window,
                             long_text=args.long_text, shifts=args.shifts)
     except ValueError as e:  # the options argparse cannot check before the model's max_length is known
         raise PcvError(f"--shifts: {e}") from None
-    model_path, engine, clf, cfg = tc.path, tc.engine, tc.session, tc.config
+    engine, clf, cfg = tc.engine, tc.session, tc.config
     info = clf.info
-    print(f"pcv-batch: model {model_path} (variant {info.variant}, max_length {info.max_length}), "
+    print(f"pcv-batch: model {tc.path} (variant {info.variant}, max_length {info.max_length}), "
           f"provider {clf.provider}" + (" (picked by auto)" if args.provider == "auto" else "") +
           f", batch {engine.batch_size}, {engine.concurrent_runs} concurrent run(s) x "
           f"{engine.threads or 'all'} thread(s)", file=sys.stderr)
     if info.defaults:
         print(f"pcv-batch: model has no pcv metadata for {', '.join(info.defaults)}; using defaults", file=sys.stderr)
 
-    rc = ReaderConfig(text_field=args.text_field, id_field=args.id_field or None, format=args.format,
-                      max_line_bytes=args.max_line_bytes, label_field=args.label_field, label_required=False)
-    errors_path = args.errors or (f"{args.output}.errors.jsonl" if args.output != "-" else "pcv-errors.jsonl")
-    from . import resume as rs
-
-    durable = args.output != "-" and "-" not in args.inputs
-    if args.resume and not durable:
-        raise PcvError("--resume needs -o FILE and file inputs (not stdin/stdout)")
-    state = None
-    if durable:
-        # Batch composition is in the fingerprint too: it moves logits in the last bits (and int8
-        # activation scales per batch), and a resumed run must give the uninterrupted run's answers.
-        options = {"text_field": args.text_field, "id_field": args.id_field, "format": args.format,
-                   "errors": os.path.abspath(errors_path), "batch_size": engine.batch_size,
-                   "max_tokens": args.max_tokens, "window": args.window, "max_line_bytes": args.max_line_bytes,
-                   "long_text": args.long_text}
-        if args.shifts != (0,):
-            options["shifts"] = list(args.shifts)
-        if args.label_field:  # the score carries over a resume (State.scored/correct): same field only
-            options["label_field"] = args.label_field
-        fp = rs.fingerprint(args.inputs, model_path, options)
-        state = rs.load_state(args.output) if args.resume else None
-        if args.resume and state is None:
-            print(f"pcv-batch: no resume state for {args.output}; starting from the beginning", file=sys.stderr)
-        if state is not None:
-            rs.check_resumable(state, fp, args.output)
-            if state.complete:
-                print(f"pcv-batch: {args.output} is already complete ({state.records} records)", file=sys.stderr)
-                return EXIT_OK
-            rs.truncate_to(args.output, state.out_bytes)
-            rs.truncate_to(errors_path, state.err_bytes)
-            print(f"pcv-batch: resuming after {state.records} records", file=sys.stderr)
-        else:
-            state = rs.State(fingerprint=fp)
-            for path in (args.output, errors_path):  # a fresh run never mixes with old files
-                if os.path.exists(path):
-                    os.remove(path)
-            rs.save_state(args.output, state)
-    resuming = bool(state and state.records)
-    out = LazyFile(args.output, append=resuming, size=state.out_bytes if state else 0)
-    err = LazyFile(errors_path, append=resuming, size=state.err_bytes if state else 0)
+    state, hashers = None, (None, None)
+    if job.durable:
+        fp = rs.fingerprint(list(job.inputs), tc.path, _resume_options(job, args, engine.batch_size))
+        state, hashers = _start_state(job, fp)
+        if state.complete:
+            return _finish_complete(job, state)
+    before = Tally(state.classified, state.failed, state.truncated) if state else Tally()
+    out = LineSink(job.output, part=(state.out_part or None) if state else None,
+                   size=state.out_bytes if state else 0, hasher=hashers[0])
+    err = LineSink(job.errors, part=(state.err_part or None) if state else None, lazy=True,
+                   size=state.err_bytes if state else 0, hasher=hashers[1])
+    run = Tally()
+    score = Score(tc.labels, state)
     skip = state.records if state else 0
-    multi = len(args.inputs) > 1
-    pairs = _all_records(args.inputs, rc)
+
+    def commit(done: int, complete: bool = False) -> None:
+        assert state is not None and out.part is not None
+        out.flush(durable=True)
+        err.flush(durable=True)
+        total = before.plus(run)
+        state.records, state.complete = skip + done, complete
+        state.classified, state.failed, state.truncated = total.classified, total.failed, total.truncated
+        state.out_part, state.out_bytes, state.out_sha256 = out.part.name, out.size, out.hasher.hexdigest()
+        state.err_part = err.part.name if err.started and err.part is not None else ""
+        state.err_bytes, state.err_sha256 = err.size, err.hasher.hexdigest()
+        state.scored, state.correct = score.scored, score.correct
+        rs.save_state(job.output.path, state)
+
+    try:
+        if state is not None:
+            commit(0)  # the staged files are named in the state before a line is written
+        n_read = _classify_stream(job, clf, cfg, skip, out, err, run, score, commit if state else None, info.id2label)
+        if state is not None:
+            commit(n_read, complete=True)  # complete first: a kill before the renames is finished by --resume
+        out.publish()
+        if err.started:
+            err.publish()
+        elif remove_stale(job.errors):
+            print(f"pcv-batch: removed {job.errors.given}, the errors of an earlier run (this one had none)",
+                  file=sys.stderr)
+    except BaseException as e:
+        # Nothing to resume (or only the errors of a wrong --text-field): leave no trace of this run.
+        if state is None or state.records == 0 or isinstance(e, FieldNotFoundError):
+            out.discard()
+            err.discard()
+            if state is not None:
+                rs.state_path(job.output.path).unlink(missing_ok=True)
+        else:
+            out.close()
+            err.close()
+        raise
+    return _report(job, before, run, score, t0, info.max_length)
+
+
+def _start_state(job: Job, fp: dict) -> tuple[rs.State, tuple]:
+    """The state to go on from: a verified interrupted job (--resume), or a fresh one."""
+    out_dir, err_dir = job.output.path.parent, job.errors.path.parent
+    if job.resume:
+        state = rs.load_state(job.output.path, job.errors.path.name)
+        if state is None:
+            print(f"pcv-batch: no resume state for {job.output.given}; starting from the beginning", file=sys.stderr)
+        else:
+            rs.check_resumable(state, fp, job.output.given)
+            if state.complete:
+                return state, (None, None)
+            ho = _verified(out_dir, state.out_part, state.out_bytes, state.out_sha256, "staged predictions")
+            he = _verified(err_dir, state.err_part, state.err_bytes, state.err_sha256, "staged errors")
+            print(f"pcv-batch: resuming after {state.records:,} records "
+                  f"({state.classified:,} classified, {state.failed:,} failed)", file=sys.stderr)
+            return state, (ho, he)
+    else:
+        try:
+            old = rs.load_state(job.output.path, job.errors.path.name)
+        except PcvError:
+            old = None  # a damaged state is replaced; the files it names cannot be trusted, so they stay
+        if old is not None:  # a fresh run never mixes with an earlier run's staged files
+            for folder, part in ((out_dir, old.out_part), (err_dir, old.err_part)):
+                if part:
+                    (folder / part).unlink(missing_ok=True)
+    return rs.State(fingerprint=fp), (None, None)
+
+
+def _verified(folder, part: str, size: int, sha256: str, what: str):
+    if not part:
+        if size:
+            raise PcvError(f"{folder}: the resume state counts {size:,} bytes of {what} but names no file; "
+                           f"rerun without --resume to start again")
+        return None
+    return rs.verify_prefix(folder / part, size, sha256, what)
+
+
+def _finish_complete(job: Job, state: rs.State) -> int:
+    """--resume of a finished job: check its files (and do the renames a kill may have cut short)."""
+    for tgt, part, size, sha, what in ((job.output, state.out_part, state.out_bytes, state.out_sha256, "predictions"),
+                                       (job.errors, state.err_part, state.err_bytes, state.err_sha256, "errors")):
+        if not part:
+            continue
+        staged = tgt.path.parent / part
+        if staged.is_file() and rs.verify_whole(staged, size, sha, what):
+            os.replace(staged, tgt.path)
+        if not rs.verify_whole(tgt.path, size, sha, what):
+            raise PcvError(f"{tgt.given}: the job was complete, but its {what} file is missing or changed since "
+                           f"(not the {size:,} bytes it wrote); rerun without --resume to classify again")
+    print(f"pcv-batch: {job.output.given} is already complete ({state.records:,} records: {state.classified:,} "
+          f"classified, {state.failed:,} failed" + (f", errors in {job.errors.given}" if state.failed else "") + ")",
+          file=sys.stderr)
+    return EXIT_SOME_FAILED if state.failed else EXIT_OK
+
+
+def _classify_stream(job: Job, clf, cfg, skip: int, out: LineSink, err: LineSink, run: Tally, score: Score,
+                     commit, id2label: dict[int, str]) -> int:
+    """Classify every record after the first `skip`, writing lines and committing after each window;
+    returns the records read."""
+    multi = len(job.inputs) > 1
+    pairs = _all_records(job.inputs, job.reader)
     # The pipeline sees plain records; the source path travels in a parallel FIFO of the same order
     # (popped as results come out, so it holds at most the records in flight).
     sources: collections.deque[str] = collections.deque()
@@ -213,55 +438,49 @@ def _run(args: argparse.Namespace) -> int:
             n_read += 1
             yield rec
 
-    show = not args.quiet and sys.stderr.isatty()
-    n_ok = n_bad = n_trunc = 0
-    score = Score(tc.labels, state)
     bar = None
-    if show:
+    if not job.quiet and sys.stderr.isatty():
         from tqdm import tqdm
 
         bar = tqdm(unit="rec", file=sys.stderr, desc="pcv-batch", mininterval=0.5)
-
-    def commit(done: int, complete: bool = False) -> None:
-        out.flush(durable=True)
-        err.flush(durable=True)
-        state.records, state.out_bytes, state.err_bytes, state.complete = skip + done, out.size, err.size, complete
-        state.scored, state.correct = score.scored, score.correct
-        rs.save_state(args.output, state)
-
     try:
         for k, res in enumerate(classify_records(records(), clf, cfg)):
             src = sources.popleft()
             if res.probs is None:
-                n_bad += 1
                 err.write_line(error_line(res, src))
+                run.failed += 1
             else:
-                n_ok += 1
-                n_trunc += res.truncated
-                out.write_line(prediction_line(res, info.id2label, src if multi else None))
-                if args.label_field:
+                out.write_line(prediction_line(res, id2label, src if multi else None))
+                run.classified += 1
+                run.truncated += res.truncated
+                if job.reader.label_field:
                     score.add(res, src)
             if bar is not None:
                 bar.update(1)
-            if state is not None and (k + 1) % cfg.window == 0:
+            if commit is not None and (k + 1) % cfg.window == 0:
                 commit(k + 1)
-        if state is not None:
-            commit(n_read, complete=True)
     finally:
         if bar is not None:
             bar.close()
-        out.close()
-        err.close()
+    return n_read
+
+
+def _report(job: Job, before: Tally, run: Tally, score: Score, t0: float, max_length: int) -> int:
     dt = time.perf_counter() - t0
-    rate = n_ok / dt if dt > 0 else 0.0
-    msg = (f"pcv-batch: classified {n_ok}, failed {n_bad}, truncated {n_trunc} (longer than {info.max_length} "
-           f"tokens) in {dt:.1f}s ({rate:.1f} records/s)")
-    if n_bad:
-        msg += f"; errors in {errors_path}"
+    rate = run.classified / dt if dt > 0 else 0.0
+    msg = (f"pcv-batch: classified {run.classified}, failed {run.failed}, truncated {run.truncated} (longer than "
+           f"{max_length} tokens) in {dt:.1f}s ({rate:.1f} records/s)")
+    total = before.plus(run)
+    if total.failed:
+        msg += f"; errors in {job.errors.given}"
     print(msg, file=sys.stderr)
-    if args.label_field:
-        print(f"pcv-batch: {score.summary(args.label_field, resumed=bool(skip))}", file=sys.stderr)
-    return EXIT_SOME_FAILED if n_bad else EXIT_OK
+    resumed = before != Tally()
+    if resumed:
+        print(f"pcv-batch: the whole job: classified {total.classified}, failed {total.failed}, truncated "
+              f"{total.truncated}", file=sys.stderr)
+    if job.reader.label_field:
+        print(f"pcv-batch: {score.summary(job.reader.label_field, resumed=resumed)}", file=sys.stderr)
+    return EXIT_SOME_FAILED if total.failed else EXIT_OK
 
 
 if __name__ == "__main__":

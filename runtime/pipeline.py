@@ -158,11 +158,11 @@ def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: Pipeli
                 break
             if isinstance(item, BaseException):
                 raise item
-            n = len(item.good)
-            views = np.zeros((len(cfg.shifts) * item.per_shift, len(clf.info.id2label)), dtype=np.float32)
+            n, c = len(item.good), len(clf.info.id2label)
+            views = np.zeros((len(cfg.shifts) * item.per_shift, c), dtype=np.float32)
             for (idx, _, _), p in zip(item.batches, pool.map(run, item.batches) if pool else map(run, item.batches)):
                 views[idx] = p
-            views = views.reshape(len(cfg.shifts), item.per_shift, -1)
+            views = views.reshape(len(cfg.shifts), item.per_shift, c)  # a window of bad records only: per_shift 0
             views[:, item.tails] = (views[:, item.tails] + views[:, n:]) / 2  # head-tail: the mean of both windows
             probs = views[:, :n].mean(0)  # the mean over the shifts
             slot = {pos: k for k, pos in enumerate(item.good)}

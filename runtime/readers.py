@@ -7,11 +7,14 @@ are read line by line.
 
 from __future__ import annotations
 
+import collections
 import csv
 import gzip
 import io
 import json
+import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +22,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import InputError
+
+
+class FieldNotFoundError(InputError):
+    """The text field is in none of a file's leading records: the option is wrong, not the records."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,17 +47,50 @@ class ReaderConfig:
     # A longer line is reported as bad without being held in memory: no review is this long, and
     # the model reads only the first max_length bytes anyway.
     max_line_bytes: int = 16 * 2**20
+    # JSONL: when this many leading records (or all of a shorter file) are objects without the text
+    # field, the field name is wrong, not the records: stop with an InputError listing the keys seen.
+    # 0 = off (every such record is one bad record).
+    probe_text_field: int = 0
+
+
+class JsonNumber(str):
+    """A JSON number kept as its source text (`1E2`, `1e400`, `12345678901234567891.0`), so an id
+    is written back exactly as it was read; the writer emits it unquoted."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"JsonNumber({str(self)})"
+
+
+def check_input_path(path: str) -> None:
+    """An input that cannot be opened at all: one clear InputError (a FIFO or device is a stream, fine)."""
+    if path == "-":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{path}: is a directory; name the files inside it (e.g. {path.rstrip('/')}/*.jsonl)")
+    if not p.exists():
+        raise InputError(f"{path}: no such file")
+
+
+def is_stream(path: str) -> bool:
+    """stdin, a FIFO, a process substitution or a device: read once, front to back (not resumable)."""
+    if path == "-":
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _open_binary(path: str) -> IO[bytes]:
     if path == "-":
         return sys.stdin.buffer
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{path}: no such file")
-    if p.suffix == ".gz":
-        return gzip.open(p, "rb")  # type: ignore[return-value]
-    return open(p, "rb")
+    check_input_path(path)
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
 
 
 def detect_format(path: str, explicit: str | None = None) -> str:
@@ -87,6 +127,9 @@ def _binary_lines(stream: IO[bytes], path: str, limit: int) -> Iterator[tuple[in
     try:
         while raw := stream.readline(limit + 1):
             line += 1
+            if line == 1 and raw.startswith(b"\x1f\x8b") and not path.endswith(".gz"):
+                yield line, None, f"{path}: the file is gzip-compressed but not named .gz; rename it to {path}.gz", True
+                return
             if len(raw) > limit and not raw.endswith(b"\n"):
                 n = len(raw)
                 while (chunk := stream.readline(2**20)) and not chunk.endswith(b"\n"):
@@ -97,7 +140,12 @@ def _binary_lines(stream: IO[bytes], path: str, limit: int) -> Iterator[tuple[in
             if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # a UTF-8 byte-order mark is not part of the text
             yield line, raw.rstrip(b"\r\n") if raw.endswith(b"\n") else raw, None, False
-    except (EOFError, OSError, gzip.BadGzipFile) as e:
+    except gzip.BadGzipFile as e:
+        if line == 0:
+            yield 1, None, f"{path}: not a gzip file ({e}); drop the .gz suffix if it is plain text", True
+        else:
+            yield line + 1, None, f"{path}: file is damaged after line {line} ({type(e).__name__}: {e})", True
+    except (EOFError, OSError) as e:
         yield line + 1, None, f"{path}: file is damaged after line {line} ({type(e).__name__}: {e})", True
 
 
@@ -147,14 +195,57 @@ def _has_surrogates(s: str) -> bool:
     return False
 
 
+def _raw_id(text: str, id_field: str) -> Any:
+    """The id as written in the source: numbers (at any depth) as JsonNumber, never as floats that
+    overflow to inf or lose digits."""
+    return json.loads(text, parse_float=JsonNumber, parse_int=JsonNumber, parse_constant=_no_constants)[id_field]
+
+
+class _FieldProbe:
+    """Counts leading JSONL objects that lack the text field; any record that has it disarms the probe."""
+
+    def __init__(self, path: str, cfg: ReaderConfig) -> None:
+        self.path, self.field, self.limit = path, cfg.text_field, cfg.probe_text_field
+        self.missing = 0
+        self.keys: collections.Counter[str] = collections.Counter()
+        self.armed = self.limit > 0
+
+    def saw(self, obj: dict[str, Any]) -> None:
+        if not self.armed:
+            return
+        if self.field in obj:
+            self.armed = False
+            return
+        self.missing += 1
+        self.keys.update(map(str, obj))
+        if self.missing >= self.limit:
+            self.fail(f"none of the first {self.missing:,} records")
+
+    def end(self) -> None:
+        if self.armed and self.missing:
+            self.fail(f"none of its {self.missing:,} records" if self.missing > 1 else "its one record")
+
+    def fail(self, which: str) -> None:
+        seen = ", ".join(f"{k!r} ({n:,})" for k, n in self.keys.most_common(12)) or "none"
+        raise FieldNotFoundError(f"{self.path}: {which} has the field {self.field!r} (keys seen: {seen}); "
+                         f"pass --text-field with the key that holds the text")
+
+
 def read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record]:
+    probe = _FieldProbe(path, cfg)
+    yield from _read_jsonl(stream, path, cfg, probe)
+    probe.end()
+
+
+def _read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig, probe: _FieldProbe) -> Iterator[Record]:
     for line, raw, bad in _records_lines(stream, path, cfg):
         if bad is not None:
             yield Record(line, line, None, error=bad)
             continue
         assert raw is not None
         try:
-            obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+            decoded = raw.decode("utf-8")
+            obj = json.loads(decoded, parse_constant=_no_constants)
         except UnicodeDecodeError as e:
             yield Record(line, line, None, error=_utf8_error(raw, line, e))
             continue
@@ -167,7 +258,10 @@ def read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Reco
         if not isinstance(obj, dict):
             yield Record(line, line, None, error=f"expected a JSON object, got {type(obj).__name__}")
             continue
+        probe.saw(obj)
         rid = obj.get(cfg.id_field, line) if cfg.id_field else line
+        if cfg.id_field and cfg.id_field in obj and not isinstance(rid, str) and rid is not None:  # numbers exactly as written
+            rid = _raw_id(decoded, cfg.id_field)
         text, err = _field(obj, cfg.text_field, line)
         if err is None and not isinstance(text, str):
             err = f"field {cfg.text_field!r} is {type(text).__name__}, expected a string"
@@ -182,15 +276,22 @@ def read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Reco
 
 
 def read_txt(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record]:
+    extra = 0  # line breaks that were a lone CR (classic Mac files): each one starts a new line too
     for line, raw, bad in _records_lines(stream, path, cfg):
         if bad is not None:
-            yield Record(line, line, None, error=bad)
+            yield Record(line + extra, line + extra, None, error=bad)
             continue
         assert raw is not None
-        try:
-            yield Record(line, line, raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            yield Record(line, line, None, error=_utf8_error(raw, line, e))
+        pieces = raw.split(b"\r")
+        for k, piece in enumerate(pieces):
+            n = line + extra + k
+            if not piece.strip():
+                continue
+            try:
+                yield Record(n, n, piece.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                yield Record(n, n, None, error=_utf8_error(piece, n, e))
+        extra += len(pieces) - 1
 
 
 def read_csv(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record]:

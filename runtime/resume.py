@@ -1,10 +1,13 @@
 """Resumable output: a small state file beside the output records how far the job durably got.
 
-After every committed window the output and errors files are flushed and fsynced, then the state
-(records consumed, byte lengths of both files, fingerprint of inputs/model/options) is replaced
-atomically. On --resume both files are cut back to the committed lengths (dropping a torn or
-uncommitted tail), the committed records are skipped in the input, and writing continues. A
-finished job is marked complete.
+The predictions and errors are written to staged files beside their outputs (see outputs.py).
+After every committed window both are flushed and fsynced, then the state — records consumed,
+the job's classified/failed counts, the byte length and sha256 of what each staged file holds,
+and a fingerprint of the inputs (by content), the model and the options — is replaced atomically.
+--resume trusts nothing it has not checked: the staged bytes must hash to the recorded digest and
+end at a line break before the uncommitted tail is cut off; a complete job's files must exist and
+match. When the job is done the state is marked complete first, then the staged files are renamed
+into place, so a kill between the two is finished by --resume.
 """
 
 from __future__ import annotations
@@ -12,62 +15,115 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .errors import PcvError
 
+STATE_VERSION = 2
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
-def state_path(output: str) -> Path:
-    return Path(output + ".pcv-state.json")
+
+def state_path(output: Path) -> Path:
+    return Path(str(output) + ".pcv-state.json")
+
+
+def file_sha256(path: str | Path, limit: int | None = None) -> "hashlib._Hash":
+    """sha256 of a file's first `limit` bytes (all when None), as a hasher that can go on."""
+    h = hashlib.sha256()
+    left = limit
+    with open(path, "rb") as f:
+        while left is None or left > 0:
+            chunk = f.read(1 << 20 if left is None else min(1 << 20, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+    return h
 
 
 def fingerprint(inputs: list[str], model: Path, options: dict) -> dict:
+    """What a resumed job must share with the interrupted one: inputs by content, the model, the options."""
     def file_id(p: str) -> dict:
-        st = os.stat(p)
-        return {"path": os.path.abspath(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        return {"path": os.path.abspath(p), "size": os.path.getsize(p), "sha256": file_sha256(p).hexdigest()}
 
-    h = hashlib.sha256()
-    with open(model, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return {"inputs": [file_id(p) for p in inputs], "model_sha256": h.hexdigest(), "options": options}
+    return {"inputs": [file_id(p) for p in inputs], "model_sha256": file_sha256(model).hexdigest(), "options": options}
 
 
 @dataclass
 class State:
     fingerprint: dict
     records: int = 0  # input records consumed (classified or failed) and durably written
-    out_bytes: int = 0
-    err_bytes: int = 0
-    complete: bool = False
+    classified: int = 0
+    failed: int = 0
+    truncated: int = 0
     scored: int = 0  # with --label-field: records scored against their label so far, and those right
     correct: int = 0
+    out_part: str = ""  # the staged files' names, in their outputs' folders ("" before the first line)
+    err_part: str = ""
+    out_bytes: int = 0  # committed bytes of each, and their sha256
+    err_bytes: int = 0
+    out_sha256: str = EMPTY_SHA256
+    err_sha256: str = EMPTY_SHA256
+    complete: bool = False
+    version: int = STATE_VERSION
 
 
-def load_state(output: str) -> State | None:
+_COUNTS = ("records", "classified", "failed", "truncated", "scored", "correct", "out_bytes", "err_bytes")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _validate(d: object, output: Path, error_name: str) -> State:
+    if not isinstance(d, dict):
+        raise ValueError("not a JSON object")
+    if d.get("version") != STATE_VERSION:
+        raise ValueError(f"version {d.get('version')!r}, this pcv writes {STATE_VERSION}")
+    known = {f.name for f in fields(State)}
+    if set(d) != known:
+        raise ValueError(f"keys differ from {sorted(known)}")
+    for k in _COUNTS:
+        if type(d[k]) is not int or not 0 <= d[k] < 2**62:
+            raise ValueError(f"{k} = {d[k]!r} is not a count")
+    if d["classified"] + d["failed"] != d["records"] or d["correct"] > d["scored"] or d["truncated"] > d["classified"]:
+        raise ValueError("the counts do not add up")
+    for k in ("out_sha256", "err_sha256"):
+        if not isinstance(d[k], str) or not _HEX64.fullmatch(d[k]):
+            raise ValueError(f"{k} is not a sha256")
+    for k, final in (("out_part", output.name), ("err_part", error_name)):
+        v = d[k]
+        if not isinstance(v, str) or (v and not re.fullmatch(re.escape(final) + r"\.pcv-[0-9a-f]{8}\.part", v)):
+            raise ValueError(f"{k} = {v!r} is not a staged file of {final}")
+    if not isinstance(d["fingerprint"], dict) or type(d["complete"]) is not bool:
+        raise ValueError("fingerprint or complete has the wrong type")
+    return State(**d)
+
+
+def load_state(output: Path, error_name: str) -> State | None:
     p = state_path(output)
     if not p.is_file():
         return None
     try:
-        return State(**json.loads(p.read_text()))
-    except (ValueError, TypeError) as e:
-        raise PcvError(f"{p}: the resume state is damaged ({e}); delete it and rerun without --resume") from e
+        return _validate(json.loads(p.read_bytes()), output, error_name)
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise PcvError(f"{p}: the resume state is damaged or from another pcv ({e}); rerun without --resume "
+                       f"to start again") from None
 
 
-def save_state(output: str, state: State) -> None:
+def save_state(output: Path, state: State) -> None:
     p = state_path(output)
-    tmp = p.with_suffix(".tmp")
+    tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
-        json.dump(state.__dict__, f)
+        json.dump(asdict(state), f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, p)
-    dfd = os.open(p.parent or ".", os.O_RDONLY)
+    fd = os.open(p.parent, os.O_RDONLY)
     try:
-        os.fsync(dfd)
+        os.fsync(fd)
     finally:
-        os.close(dfd)
+        os.close(fd)
 
 
 def check_resumable(state: State, fp: dict, output: str) -> None:
@@ -78,14 +134,30 @@ def check_resumable(state: State, fp: dict, output: str) -> None:
                            f"(was {json.dumps(old.get(key))[:200]}); rerun without --resume to start again")
 
 
-def truncate_to(path: str, size: int) -> None:
-    """Cut a file back to its committed length (repairs a torn last line)."""
-    if not os.path.exists(path):
+def verify_prefix(path: Path, size: int, sha256: str, what: str) -> "hashlib._Hash":
+    """Check that `path` starts with the committed bytes (length, digest, a line break at the end)
+    and cut off what came after; returns the hasher of the kept bytes, to go on with."""
+    again = "; rerun without --resume to start again"
+    if not path.is_file():
         if size:
-            raise PcvError(f"{path}: missing, but the resume state says {size} bytes were written; rerun without --resume")
-        return
-    actual = os.path.getsize(path)
+            raise PcvError(f"{path}: the {what} is missing, but the resume state says {size:,} bytes were committed{again}")
+        return hashlib.sha256()
+    actual = path.stat().st_size
     if actual < size:
-        raise PcvError(f"{path}: shorter ({actual} bytes) than the resume state says ({size}); rerun without --resume")
+        raise PcvError(f"{path}: the {what} is shorter ({actual:,} bytes) than the resume state says ({size:,}){again}")
+    h = file_sha256(path, size)
+    if h.hexdigest() != sha256:
+        raise PcvError(f"{path}: the {what}'s first {size:,} bytes changed since they were committed{again}")
+    if size:
+        with open(path, "rb") as f:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                raise PcvError(f"{path}: the committed {what} does not end at a line break{again}")
     with open(path, "r+b") as f:
-        f.truncate(size)
+        f.truncate(size)  # drop a torn or uncommitted tail
+    return h
+
+
+def verify_whole(path: Path, size: int, sha256: str, what: str) -> bool:
+    """Whether `path` holds exactly the committed bytes."""
+    return path.is_file() and path.stat().st_size == size and file_sha256(path).hexdigest() == sha256

@@ -192,7 +192,8 @@ class OnnxClassifier:
     def logits(self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         ids_name, mask_name = self.info.input_names
         if not self.io_binding:
-            return self.session.run(None, {ids_name: input_ids, mask_name: attention_mask})[0]  # (B, C)
+            out = self.session.run(None, {ids_name: input_ids, mask_name: attention_mask})[0]  # (B, C)
+            return check_logits(self.info.path, out, len(input_ids), len(self.info.id2label))
         import onnxruntime as ort
 
         # One host->device copy per input, the output allocated on the device and copied back once.
@@ -201,7 +202,7 @@ class OnnxClassifier:
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), self._device, 0))
         binding.bind_output(self.session.get_outputs()[0].name, self._device)
         self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        return check_logits(self.info.path, binding.copy_outputs_to_cpu()[0], len(input_ids), len(self.info.id2label))
 
 
 def _read_info(path: Path, session, meta: dict[str, str], trt: dict | None) -> ModelInfo:
@@ -209,20 +210,31 @@ def _read_info(path: Path, session, meta: dict[str, str], trt: dict | None) -> M
     inputs = session.get_inputs()
     if len(inputs) != 2:
         raise ModelError(f"{path}: expected 2 inputs (input_ids, attention_mask), got {[i.name for i in inputs]}")
+    for i in inputs:
+        if i.type != "tensor(int64)":
+            raise ModelError(f"{path}: input {i.name!r} is {i.type}; pcv feeds int64 token ids and mask "
+                             f"(re-export the model with pcv-export)")
     names = [i.name for i in inputs]
     # Older exports call the ids input "inputs": take the one that is not the mask.
     mask_name = next((n for n in names if "mask" in n), names[1])
     ids_name = next(n for n in names if n != mask_name)
     defaults: list[str] = []
-    n_out = session.get_outputs()[0].shape[-1]
+    out = session.get_outputs()[0]
+    if out.type != "tensor(float)":
+        raise ModelError(f"{path}: output {out.name!r} is {out.type}; pcv reads float32 logits (batch, labels) "
+                         f"(fp16 variants keep float32 outputs: build them with pcv-export --variant fp16)")
+    if out.shape is not None and len(out.shape) != 2:
+        raise ModelError(f"{path}: output {out.name!r} has shape {out.shape}; pcv reads logits of shape (batch, labels)")
+    n_out = out.shape[-1] if out.shape else None
     try:
         id2label = {int(k): v for k, v in json.loads(meta["pcv.id2label"]).items()}
     except KeyError:
         n = n_out if isinstance(n_out, int) else 2
         id2label = {i: f"LABEL_{i}" for i in range(n)}
         defaults.append(f"labels {list(id2label.values())}")
-    except (ValueError, AttributeError) as e:
+    except (ValueError, AttributeError, TypeError) as e:
         raise ModelError(f"{path}: metadata pcv.id2label is not a JSON object of id -> name ({e})") from e
+    check_labels(path, id2label, n_out)
     try:
         max_length = int(meta.get("pcv.max_length", DEFAULT_MAX_LENGTH))
     except ValueError as e:
@@ -232,6 +244,36 @@ def _read_info(path: Path, session, meta: dict[str, str], trt: dict | None) -> M
     if not 2 < max_length <= 1 << 20:
         raise ModelError(f"{path}: metadata pcv.max_length={max_length} is out of range")
     return ModelInfo(path, id2label, max_length, meta.get("pcv.variant", "unknown"), (ids_name, mask_name), tuple(defaults), trt)
+
+
+def check_labels(path: Path, id2label: dict[int, str], n_out: int | str | None) -> None:
+    """The label table must name each output column once: ids 0..C-1, C >= 2, distinct names."""
+    c = len(id2label)
+    if isinstance(n_out, int) and n_out == 1 or c == 1:
+        raise ModelError(f"{path}: a single-logit head (num_labels=1) is a regression or sigmoid head; pcv classifies "
+                         f"with one logit per label: train or convert the model with num_labels >= 2")
+    if sorted(id2label) != list(range(c)):
+        raise ModelError(f"{path}: metadata pcv.id2label has ids {sorted(id2label)}; they must be exactly 0..{c - 1}")
+    names = list(id2label.values())
+    if not all(isinstance(n, str) and n for n in names) or len(set(names)) != c:
+        raise ModelError(f"{path}: metadata pcv.id2label names {names}: each label needs its own non-empty name")
+    if c < 2:
+        raise ModelError(f"{path}: metadata pcv.id2label has {c} labels; a classifier needs at least 2")
+    if isinstance(n_out, int) and n_out != c:
+        raise ModelError(f"{path}: the model gives {n_out} logits per text but its metadata names {c} labels "
+                         f"({names}); re-export it so that pcv.id2label matches the classifier head")
+
+
+def check_logits(path: Path, logits: npt.NDArray, batch: int, labels: int) -> npt.NDArray[np.float32]:
+    """What the session returned must be finite float logits of shape (batch, labels): a model error otherwise."""
+    if logits.shape != (batch, labels) or logits.dtype != np.float32:
+        raise ModelError(f"{path}: the model returned {logits.dtype} logits of shape {logits.shape} for a batch of "
+                         f"{batch}; expected float32 ({batch}, {labels})")
+    if not np.isfinite(logits).all():
+        row = int(np.flatnonzero(~np.isfinite(logits).all(axis=1))[0])
+        raise ModelError(f"{path}: the model returned non-finite logits {logits[row].tolist()} (row {row} of a batch "
+                         f"of {batch}); nothing of that batch was written; the model or its variant is broken")
+    return logits
 
 
 def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -11,26 +11,43 @@ from typing import IO, Any
 import numpy as np
 
 from .pipeline import Result
+from .readers import JsonNumber
+
+
+def json_value(value: Any) -> str:
+    """Strict JSON (no NaN/Infinity) for one value; a JsonNumber id is written as its source text."""
+    if isinstance(value, JsonNumber):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(json_value, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k), ensure_ascii=False)}: {json_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def _line(head: dict[str, Any], rec_id: Any, tail: dict[str, Any]) -> str:
+    parts = [f"{json.dumps(k)}: {json_value(v)}" for k, v in head.items()]
+    parts.append(f'"id": {json_value(rec_id)}')
+    parts += [f"{json.dumps(k)}: {json_value(v)}" for k, v in tail.items()]
+    return "{" + ", ".join(parts) + "}"
 
 
 def prediction_line(res: Result, id2label: dict[int, str], source: str | None = None) -> str:
     assert res.probs is not None
     best = int(np.argmax(res.probs))
-    out: dict[str, Any] = {}
-    if source is not None:
-        out["input"] = source
-    out["id"] = res.record.id
-    out["label"] = id2label[best]
-    out["score"] = round(float(res.probs[best]), 6)
-    out["probs"] = {id2label[i]: round(float(p), 6) for i, p in enumerate(res.probs)}
+    tail: dict[str, Any] = {
+        "label": id2label[best],
+        "score": round(float(res.probs[best]), 6),
+        "probs": {id2label[i]: round(float(p), 6) for i, p in enumerate(res.probs)},
+    }
     if res.truncated:
-        out["truncated"] = True
-    return json.dumps(out, ensure_ascii=False)
+        tail["truncated"] = True
+    return _line({"input": source} if source is not None else {}, res.record.id, tail)
 
 
 def error_line(res: Result, source: str) -> str:
     rec = res.record
-    return json.dumps({"input": source, "line": rec.line, "id": rec.id, "error": rec.error}, ensure_ascii=False)
+    return _line({"input": source, "line": rec.line}, rec.id, {"error": rec.error})
 
 
 class LazyFile:

@@ -56,13 +56,16 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, src, tiny_dir, mon
     assert "--resume" in capsys.readouterr().err
     state = json.loads((tmp_path / "part.jsonl.pcv-state.json").read_text())
     assert 0 < state["records"] < 91 and not state["complete"]
-    with open(out, "ab") as f:
+    assert not out.exists()  # predictions are staged beside the output until the job is done
+    with open(tmp_path / state["out_part"], "ab") as f:
         f.write(b'{"id": 999, "label": "po')  # a torn last line, as after a power cut
     assert _run(src, out, tiny_dir, "--resume") == 1
     assert out.read_bytes() == full.read_bytes()
     assert (tmp_path / "part.jsonl.errors.jsonl").read_text().count("\n") == 1
     assert json.loads((tmp_path / "part.jsonl.pcv-state.json").read_text())["complete"]
-    assert _run(src, out, tiny_dir, "--resume") == 0  # already complete: nothing to do
+    assert sorted(p.name for p in tmp_path.glob("part.jsonl*")) == ["part.jsonl", "part.jsonl.errors.jsonl",
+                                                                    "part.jsonl.pcv-state.json"]
+    assert _run(src, out, tiny_dir, "--resume") == 1  # already complete: nothing to do, the job's status
     assert "already complete" in capsys.readouterr().err
 
 

@@ -1,0 +1,475 @@
+"""pcv-batch never destroys or corrupts data, never crashes, and its exit code tells the whole job.
+
+Every test drives the installed console script in a subprocess, as a user would, and checks that
+inputs and the model stay byte-identical, every output line is strict JSON, and no traceback
+reaches stderr."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BIN = Path(sys.executable).parent
+PCV_BATCH = str(BIN / "pcv-batch")
+
+
+def cli(*args, cwd=None, timeout=180, prog=PCV_BATCH, env=None) -> subprocess.CompletedProcess:
+    r = subprocess.run([prog, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                       env={**os.environ, **(env or {})})
+    assert "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+def digest(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not strict JSON")
+
+
+def strict_lines(path) -> list[dict]:
+    """Every line of an output, parsed as strict JSON (no NaN/Infinity)."""
+    return [json.loads(line, parse_constant=_no_constant) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dir, tmp_path_factory):
+    """A copy of the tiny model's .onnx (its digest checked after every test that names it)."""
+    d = tmp_path_factory.mktemp("model")
+    shutil.copy(tiny_dir / "model.onnx", d / "model.onnx")
+    return d / "model.onnx"
+
+
+@pytest.fixture()
+def src(tmp_path, review_texts):
+    p = tmp_path / "in.jsonl"
+    p.write_text("".join(json.dumps({"id": i, "text": t[:300]}) + "\n" for i, t in enumerate(review_texts[:30])))
+    return p
+
+
+def run(src, out, model, *extra, **kw):
+    return cli(src, "-o", out, "--model", model, "-q", *extra, **kw)
+
+
+# 1. An output never destroys anything it did not create --------------------------------------
+
+
+@pytest.mark.parametrize("how", ["o-is-input", "errors-is-input", "o-is-model", "o-hardlink-of-input",
+                                 "o-symlink-to-input", "errors-is-o", "o-is-second-input"])
+def test_an_output_that_names_an_input_the_model_or_another_output_is_refused(tmp_path, src, model, how):
+    other = tmp_path / "b.jsonl"
+    other.write_text('{"text": "second file"}\n')
+    before = {p: digest(p) for p in (src, other, model)}
+    out, extra = tmp_path / "out.jsonl", []
+    if how == "o-is-input":
+        out = src
+    elif how == "errors-is-input":
+        extra = ["--errors", src]
+    elif how == "o-is-model":
+        out = model
+    elif how == "o-hardlink-of-input":
+        os.link(src, tmp_path / "hard.jsonl")
+        out = tmp_path / "hard.jsonl"
+    elif how == "o-symlink-to-input":
+        (tmp_path / "link.jsonl").symlink_to(src)
+        out = tmp_path / "link.jsonl"
+    elif how == "errors-is-o":
+        extra = ["--errors", out]
+    elif how == "o-is-second-input":
+        out = other
+    r = cli(src, other, "-o", out, "--model", model, "-q", *extra)
+    assert r.returncode == 2 and "is the same file as" in r.stderr, r.stderr
+    assert {p: digest(p) for p in before} == before
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob("*.pcv-state.json"))
+
+
+def test_stream_outputs_are_written_through_and_never_unlinked(tmp_path, src, model):
+    r = run(src, "/dev/null", model)
+    assert r.returncode == 0 and "written as a stream" in r.stderr
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    r = run(src, "/dev/null", model, "--resume")
+    assert r.returncode == 2 and "--resume needs" in r.stderr and "character device" in r.stderr
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    r = run(src, fifo, model)
+    reader.join(30)
+    assert r.returncode == 0 and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert [json.loads(line)["id"] for line in got[0].decode().splitlines()] == list(range(30))
+    r = cli(src, "-o", "/dev/stdout", "--model", model, "-q")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 30
+
+
+def test_a_symlink_output_is_written_through_to_its_target(tmp_path, src, model):
+    real = tmp_path / "real.jsonl"
+    real.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    assert run(src, link, model).returncode == 0
+    assert link.is_symlink() and len(strict_lines(real)) == 30
+
+
+@pytest.mark.parametrize("case", ["missing-dir", "dir-as-output", "parent-is-a-file", "read-only-dir"])
+def test_output_folders(tmp_path, src, model, case):
+    if case == "missing-dir":
+        out = tmp_path / "new" / "deeper" / "out.jsonl"
+        assert run(src, out, model).returncode == 0 and len(strict_lines(out)) == 30
+        return
+    if case == "read-only-dir":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only directories")
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        out, want = ro / "out.jsonl", "not writable"
+    elif case == "dir-as-output":
+        out, want = tmp_path, "is a directory"
+    else:
+        (tmp_path / "afile").write_text("x")
+        out, want = tmp_path / "afile" / "out.jsonl", "is a file, not a directory"
+    r = run(src, out, model)
+    assert r.returncode == 2 and want in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def _start(args, state: Path | None = None, lock: Path | None = None) -> subprocess.Popen:
+    """A pcv-batch process, returned once it has committed a window (state) or taken its lock."""
+    p = subprocess.Popen([PCV_BATCH, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    while time.time() < deadline and p.poll() is None:
+        if state is not None and state.exists():
+            try:
+                if json.loads(state.read_text() or "{}").get("records", 0) > 0:
+                    break
+            except ValueError:
+                pass
+        if lock is not None and lock.exists() and lock.read_text().strip():
+            break
+        time.sleep(0.02)
+    assert p.poll() is None, "the run finished before it could be interrupted"
+    return p
+
+
+@pytest.fixture()
+def big(tmp_path, review_texts):
+    p = tmp_path / "big in.jsonl"  # a space in the name: the resume command must paste back
+    lines = [json.dumps({"id": i, "text": review_texts[i % 60][:400]}) for i in range(3000)]
+    lines.insert(5, "{broken")
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_an_old_output_survives_an_interrupted_run_and_resume_replaces_it(tmp_path, big, model):
+    out = tmp_path / "it's out.jsonl"
+    out.write_text("the previous run's predictions\n")
+    p = _start([big, "-o", out, "--model", model, "--window", "20", "-q"], state=Path(f"{out}.pcv-state.json"))
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143 and "Traceback" not in err
+    assert out.read_text() == "the previous run's predictions\n"
+    hint = err.strip().splitlines()[-1].split("resume with: ", 1)[1]
+    argv = shlex.split(hint)
+    assert argv[0] == "pcv-batch" and argv[-1] == "--resume" and str(out) in argv and str(big) in argv
+    r = cli(*argv[1:])
+    assert r.returncode == 1, r.stderr  # the bad line before the kill still counts
+    assert [d["id"] for d in strict_lines(out)] == list(range(3000))
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob("*.pcv-lock"))
+
+
+# 2. One writer per output -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("second", ["fresh", "resume", "errors-onto-locked-output"])
+def test_a_second_writer_is_refused_while_the_first_runs(tmp_path, big, model, second):
+    out = tmp_path / "out.jsonl"
+    first = _start([big, "-o", out, "--model", model, "--window", "20", "-q"], lock=Path(f"{out}.pcv-lock"))
+    try:
+        if second == "errors-onto-locked-output":
+            r = cli(big, "-o", tmp_path / "other.jsonl", "--errors", out, "--model", model, "-q")
+        else:
+            r = run(big, out, model, "--window", "20", *(["--resume"] if second == "resume" else []))
+        assert r.returncode == 2 and f"(pid {first.pid})" in r.stderr and ".pcv-lock" in r.stderr, r.stderr
+    finally:
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 1, err
+    assert [d["id"] for d in strict_lines(out)] == list(range(3000))
+
+
+# 3. No window, file or stream of bad records crashes ------------------------------------------
+
+
+def _gz(data: bytes) -> bytes:
+    return gzip.compress(data)
+
+
+GOOD = b'{"id": "g1", "text": "a fine film"}\n'
+BAD_FILES = {  # name -> (file name, bytes, extra args, records classified, errors)
+    "one-bad-record": ("a.jsonl", b'{"text": 3}\n', [], 0, 1),
+    "torn-last-line-after-a-full-window": ("a.jsonl", GOOD * 8 + b'{"id": 9, "te', ["--window", "8"], 8, 1),
+    "utf16-file": ("a.jsonl", '{"text": "x"}\n{"text": "y"}\n'.encode("utf-16"), [], 0, 3),  # 3: a NUL after the last newline
+    "plain-text-named-gz": ("a.jsonl.gz", GOOD, [], 0, 1),
+    "gzip-not-named-gz": ("a.jsonl", _gz(GOOD * 3), [], 0, 1),
+    "window-1-with-bad-records": ("a.jsonl", GOOD + b"{x\n" + GOOD + b"[]\n", ["--window", "1"], 2, 2),
+    "csv-all-wrong-column-count": ("a.csv", b"id,text\n1,a,b\n2,c,d\n", [], 0, 2),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES), ids=list(BAD_FILES))
+def test_files_of_bad_records_are_reported_and_never_crash(tmp_path, model, name):
+    fname, data, extra, n_ok, n_bad = BAD_FILES[name]
+    src = tmp_path / fname
+    src.write_bytes(data)
+    out = tmp_path / "out.jsonl"
+    r = run(src, out, model, *extra)
+    assert r.returncode == 1, r.stderr
+    assert len(strict_lines(out)) == n_ok
+    errs = strict_lines(f"{out}.errors.jsonl")
+    assert len(errs) == n_bad and all(e["input"] == str(src) and e["line"] >= 1 and e["error"] for e in errs)
+    assert src.read_bytes() == data
+
+
+@pytest.mark.parametrize("n", [1, 5, 1500])
+def test_a_wrong_text_field_stops_early_with_the_keys_seen(tmp_path, model, n):
+    src = tmp_path / "a.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "review": "x"}) + "\n" for i in range(n)))
+    out = tmp_path / "out.jsonl"
+    r = run(src, out, model, "--window", "100")
+    assert r.returncode == 2 and "'review'" in r.stderr and "--text-field" in r.stderr, r.stderr
+    assert not out.exists() and not list(tmp_path.glob("out.jsonl*"))
+
+
+def test_any_pattern_of_good_and_bad_records_in_any_window(tmp_path, tiny_dir):
+    """In process (hypothesis makes many runs): every bad record reported, every good one classified, in order."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from pcv.runtime.cli import main
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(pattern=st.lists(st.booleans(), min_size=0, max_size=40), window=st.integers(1, 12),
+           batch=st.integers(1, 5), shifts=st.sampled_from(["0", "0,4"]))
+    def check(pattern, window, batch, shifts):
+        src = tmp_path / "p.jsonl"
+        src.write_text("".join((json.dumps({"id": i, "text": f"review {i}"}) if ok else json.dumps({"id": i, "text": None}))
+                               + "\n" for i, ok in enumerate(pattern)))
+        out = tmp_path / "p.out.jsonl"
+        rc = main([str(src), "-o", str(out), "--model", str(tiny_dir), "--window", str(window),
+                   "--batch-size", str(batch), "--shifts", shifts, "-q"])
+        good = [i for i, ok in enumerate(pattern) if ok]
+        bad = [i + 1 for i, ok in enumerate(pattern) if not ok]
+        assert rc == (1 if bad else 0)
+        assert [d["id"] for d in strict_lines(out)] == good
+        errs = Path(f"{out}.errors.jsonl")
+        assert ([e["line"] for e in strict_lines(errs)] if bad else errs.exists()) == (bad or False)
+
+    check()
+
+
+# 4. The model's outputs are checked -----------------------------------------------------------
+
+
+def _contract_model(path: Path, *, cols: int = 2, labels=None, rank: int = 2, weight: float = 0.01,
+                    input_type: str = "int64") -> Path:
+    """A hand-built classifier: logits = sum(mask) * W, with the output contract under test."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    it = {"int64": TensorProto.INT64, "int32": TensorProto.INT32}[input_type]
+    w = numpy_helper.from_array(np.full((1, cols), weight, np.float32) * np.arange(1, cols + 1, dtype=np.float32), "W")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceSum", ["m", "axes"], ["s"], keepdims=1),
+             helper.make_node("MatMul", ["s", "W"], ["logits" if rank == 2 else "l2"])]
+    out_shape = ["batch", cols]
+    if rank == 1:
+        nodes.append(helper.make_node("ReduceSum", ["l2", "axes"], ["logits"], keepdims=0))
+        out_shape = ["batch"]
+    graph = helper.make_graph(nodes, "contract", [helper.make_tensor_value_info("input_ids", it, ["batch", "seq"]),
+                                                  helper.make_tensor_value_info("attention_mask", it, ["batch", "seq"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)], [w, axes])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    labels = labels if labels is not None else {str(i): f"L{i}" for i in range(cols)}
+    for k, v in {"pcv.id2label": json.dumps(labels), "pcv.max_length": "256", "pcv.variant": "fp32"}.items():
+        m.metadata_props.add(key=k, value=v)
+    path.write_bytes(m.SerializeToString())
+    return path
+
+
+CONTRACTS = {  # name -> (model options, what the one-line error says)
+    "one-logit-head": (dict(cols=1), "single-logit head"),
+    "3-columns-2-labels": (dict(cols=3, labels={"0": "neg", "1": "pos"}), "3 logits per text but its metadata names 2"),
+    "rank-1-output": (dict(rank=1), "shape (batch, labels)"),
+    "int32-inputs": (dict(input_type="int32"), "tensor(int32)"),
+    "id2label-with-a-gap": (dict(labels={"0": "neg", "2": "pos"}), "exactly 0..1"),
+    "duplicate-names": (dict(labels={"0": "pos", "1": "pos"}), "its own non-empty name"),
+    "nan-logits": (dict(weight=float("nan")), "non-finite logits"),
+    "inf-logits": (dict(weight=float("inf")), "non-finite logits"),
+}
+
+
+@pytest.mark.parametrize("name", list(CONTRACTS), ids=list(CONTRACTS))
+def test_a_model_that_breaks_the_output_contract_is_refused(tmp_path, src, name):
+    opts, want = CONTRACTS[name]
+    bad = _contract_model(tmp_path / "m.onnx", **opts)
+    before = digest(bad)
+    out = tmp_path / "out.jsonl"
+    r = run(src, out, bad)
+    assert r.returncode == 2 and want in r.stderr, r.stderr
+    assert not out.exists() and not list(tmp_path.glob("out.jsonl*")) and digest(bad) == before
+
+
+def test_a_model_within_the_contract_classifies(tmp_path, src):
+    good = _contract_model(tmp_path / "m.onnx", cols=3)
+    out = tmp_path / "out.jsonl"
+    assert run(src, out, good).returncode == 0
+    assert {d["label"] for d in strict_lines(out)} == {"L2"}
+
+
+# 5. Strict JSON only, ids as written ----------------------------------------------------------
+
+
+def test_numeric_ids_round_trip_exactly_and_every_line_is_strict_json(tmp_path, model):
+    ids = ["1e400", "1E2", "12345678901234567891.0", "-0", "0.1", "123456789012345678901234567890", "[1e999, 2]",
+           '{"a": -1.5E-400}', '"s"', "null", "true"]
+    src = tmp_path / "ids.jsonl"
+    src.write_text("".join(f'{{"id": {i}, "text": "review {k}"}}\n' for k, i in enumerate(ids)) + '{"id": 1e400, "text": 5}\n')
+    out = tmp_path / "out.jsonl"
+    assert run(src, out, model).returncode == 1
+    lines = Path(out).read_text().splitlines()
+    assert [line.split('"id": ', 1)[1].rsplit(', "label"', 1)[0] for line in lines] == ids
+    strict_lines(out)
+    (e,) = strict_lines(f"{out}.errors.jsonl")
+    assert '"id": 1e400' in Path(f"{out}.errors.jsonl").read_text() and e["line"] == len(ids) + 1
+
+
+# 6. Exit codes tell the whole job ------------------------------------------------------------
+
+
+def test_a_resumed_or_complete_job_exits_with_the_status_of_the_whole_job(tmp_path, big, model):
+    out = tmp_path / "out.jsonl"
+    p = _start([big, "-o", out, "--model", model, "--window", "20", "-q"], state=Path(f"{out}.pcv-state.json"))
+    p.send_signal(signal.SIGHUP)
+    p.communicate(timeout=60)
+    assert p.returncode == 129
+    r = run(big, out, model, "--window", "20", "--resume")
+    assert r.returncode == 1 and "failed 1" in r.stderr, r.stderr  # the failure was before the kill
+    r = run(big, out, model, "--window", "20", "--resume")
+    assert r.returncode == 1 and "already complete" in r.stderr
+
+
+def test_os_errors_are_one_line_with_the_errno(tmp_path, src, model):
+    r = run(src, "/dev/full", model)
+    assert r.returncode == 2 and "ENOSPC" in r.stderr and len(r.stderr.strip().splitlines()) <= 3, r.stderr
+
+
+def test_no_console_script_prints_a_traceback_on_its_error_paths(tmp_path, src, model):
+    bad_cfg = tmp_path / "badmodel"
+    bad_cfg.mkdir()
+    (bad_cfg / "config.json").write_text("{not json")
+    cases = [
+        ("pcv-batch", [tmp_path, "--model", model]),
+        ("pcv-batch", [src, "--model", tmp_path / "nothing.onnx"]),
+        ("pcv-batch", [src, "--model", model, "--shifts", "0,9999"]),
+        ("pcv-batch", [src, "--model", model, "--window", "0"]),
+        ("pcv-export", [tmp_path / "nothing", tmp_path / "x.onnx"]),
+        ("pcv-export", [bad_cfg, tmp_path / "x.onnx"]),
+        ("pcv-check", [bad_cfg, model, "--data", src]),
+        ("pcv-train", [tmp_path / "nothing.jsonl", "--out", tmp_path / "t"]),
+        ("pcv-pretrain", [tmp_path / "nothing.jsonl", "--out", tmp_path / "p"]),
+        ("pcv-soup", [tmp_path / "s", bad_cfg, bad_cfg]),
+        ("pcv-bench", ["--model", tmp_path / "nothing.onnx", "--quick", "--out", tmp_path / "b"]),
+    ]
+    for prog, args in cases:
+        r = cli(*args, prog=str(BIN / prog))
+        assert r.returncode == 2 and r.stderr.strip(), (prog, args, r.stderr)
+
+
+# 7. --resume trusts nothing it has not verified ---------------------------------------------
+
+
+def _interrupted(tmp_path, big, model) -> tuple[Path, Path, dict]:
+    out = tmp_path / "out.jsonl"
+    state = Path(f"{out}.pcv-state.json")
+    p = _start([big, "-o", out, "--model", model, "--window", "20", "-q"], state=state)
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=60)
+    assert p.returncode == 130
+    return out, state, json.loads(state.read_text())
+
+
+@pytest.mark.parametrize("tamper", ["staged-bytes-rewritten", "records-out-of-range", "out-bytes-mid-line",
+                                    "input-edited-mtime-kept", "state-not-json"])
+def test_resume_refuses_what_it_cannot_verify(tmp_path, big, model, tamper):
+    out, state, st = _interrupted(tmp_path, big, model)
+    part = tmp_path / st["out_part"]
+    if tamper == "staged-bytes-rewritten":
+        data = bytearray(part.read_bytes())
+        data[10] ^= 1
+        part.write_bytes(bytes(data))
+    elif tamper == "records-out-of-range":
+        state.write_text(json.dumps({**st, "records": 99999}))
+    elif tamper == "out-bytes-mid-line":
+        n = st["out_bytes"] - 3
+        h = hashlib.sha256(part.read_bytes()[:n]).hexdigest()
+        state.write_text(json.dumps({**st, "out_bytes": n, "out_sha256": h}))
+    elif tamper == "input-edited-mtime-kept":
+        s0 = os.stat(big)
+        data = big.read_bytes()
+        big.write_bytes(data.replace(b"review", b"Review", 1) if b"review" in data else data[:-2] + b"X\n")
+        os.utime(big, ns=(s0.st_atime_ns, s0.st_mtime_ns))
+    else:
+        state.write_text("{")
+    r = run(big, out, model, "--window", "20", "--resume")
+    assert r.returncode == 2 and "rerun without --resume" in r.stderr, r.stderr
+
+
+def test_a_complete_job_whose_output_is_gone_is_not_complete(tmp_path, src, model):
+    out = tmp_path / "out.jsonl"
+    assert run(src, out, model).returncode == 0
+    out.unlink()
+    r = run(src, out, model, "--resume")
+    assert r.returncode == 2 and "missing or changed" in r.stderr
+
+
+# 8. Signals and streams -----------------------------------------------------------------------
+
+
+def test_stream_inputs_directories_cr_text_empty_inputs_and_stale_errors(tmp_path, src, model):
+    r = run(tmp_path, tmp_path / "o.jsonl", model, "--format", "jsonl")
+    assert r.returncode == 2 and "is a directory" in r.stderr
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    threading.Thread(target=lambda: fifo.write_bytes(src.read_bytes()), daemon=True).start()
+    out = tmp_path / "fifo-out.jsonl"
+    r = run(fifo, out, model, "--format", "jsonl")
+    assert r.returncode == 0 and "not resumable" in r.stderr and len(strict_lines(out)) == 30
+    r = run(fifo, out, model, "--format", "jsonl", "--resume")
+    assert r.returncode == 2 and "a stream" in r.stderr
+    cr = tmp_path / "mac.txt"
+    cr.write_bytes(b"first review\rsecond review\r\rfourth\r")
+    r = run(cr, tmp_path / "cr.jsonl", model)
+    assert r.returncode == 0 and [d["id"] for d in strict_lines(tmp_path / "cr.jsonl")] == [1, 2, 4]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert run(empty, tmp_path / "e.jsonl", model).returncode == 0 and (tmp_path / "e.jsonl").read_bytes() == b""
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(src.read_bytes() + b"{bad\n")
+    out = tmp_path / "m.jsonl"
+    assert run(mixed, out, model).returncode == 1 and Path(f"{out}.errors.jsonl").exists()
+    r = run(src, out, model)
+    assert r.returncode == 0 and not Path(f"{out}.errors.jsonl").exists() and "removed" in r.stderr
