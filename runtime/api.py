@@ -34,7 +34,12 @@ class TextClassifier:
         self.path = resolve_model(None if model is None else str(model))
         name, self.engine = plan_engine(self.path, provider, batch_size=batch_size, threads=threads,
                                         concurrent_runs=concurrent_runs)
-        self.session = OnnxClassifier(self.path, SessionConfig(provider=name, threads=self.engine.threads))
+        self.session = OnnxClassifier(self.path, SessionConfig(provider=name, threads=self.engine.threads,
+                                                               allow_downgrade=provider == "auto"))
+        if self.session.provider != name:  # auto's choice did not start (said on stderr): plan for what ran
+            name, self.engine = plan_engine(self.path, self.session.provider, batch_size=batch_size, threads=threads,
+                                            concurrent_runs=concurrent_runs)
+            self.session = OnnxClassifier(self.path, SessionConfig(provider=name, threads=self.engine.threads))
         self.config = PipelineConfig(plan=BatchPlan(batch_size=self.engine.batch_size, max_tokens=max_tokens),
                                      window=window, concurrent_runs=self.engine.concurrent_runs, long_text=long_text,
                                      shifts=tuple(shifts))

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -104,6 +109,10 @@ class SessionConfig:
     # Bind inputs/outputs to the provider's device (OrtValues) instead of letting run() copy them:
     # None = on for cuda/tensorrt, off for cpu (where there is no copy to save).
     io_binding: bool | None = None
+    # What to do when onnxruntime opens the session on another provider than the one asked for
+    # (a CUDA build whose libraries do not match): False = ProviderError; True = go on with the one
+    # that ran and say so on stderr (provider "auto" asks for this, never an explicit provider).
+    allow_downgrade: bool = False
 
 
 def available_providers() -> list[str]:
@@ -162,6 +171,7 @@ class OnnxClassifier:
         self.provider = pick_provider(cfg.provider, meta.get("pcv.variant"))  # auto: int8 -> cpu, ...
         trt = json.loads(meta["pcv.trt_options"]) if "pcv.trt_options" in meta else None
         self.session = self._open(path, cfg, trt)
+        self._check_provider(path, cfg)
         self.info = _read_info(path, self.session, meta, trt)
         self.io_binding = cfg.io_binding if cfg.io_binding is not None else self.provider in ("cuda", "tensorrt")
         self._device = "cuda" if self.provider in ("cuda", "tensorrt") else "cpu"
@@ -182,12 +192,27 @@ class OnnxClassifier:
             if trt_options:
                 trt = {**trt_options, **({"trt_engine_cache_path": cfg.trt_cache_dir} if cfg.trt_cache_dir else {})}
             providers = [("TensorrtExecutionProvider", trt), "CUDAExecutionProvider", "CPUExecutionProvider"]
-        elif self.provider == "cuda":
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         try:
-            return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            with _captured_stderr() as said:
+                session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ModelError(f"{path}: onnxruntime cannot load this model: {str(e).splitlines()[0][:300]}") from e
+        self._ort_said = said
+        return session
+
+    def _check_provider(self, path: Path, cfg: SessionConfig) -> None:
+        """What ran is what was asked for, or an error; never a provider swapped in silently."""
+        got = self.session.get_providers()
+        want = PROVIDERS[self.provider]
+        if got and got[0] == want:
+            return
+        reason = _ort_reason(self._ort_said) or "onnxruntime gave no reason"
+        ran = next((name for name, ep in PROVIDERS.items() if got and ep == got[0]), got[0] if got else "none")
+        if not cfg.allow_downgrade or ran not in PROVIDERS:
+            raise ProviderError(f"provider {self.provider!r} was asked for, but onnxruntime opened the session on "
+                                f"{got}: {reason}")
+        print(f"pcv: provider {self.provider} did not start ({reason}); running on {ran}", file=sys.stderr)
+        self.provider = ran
 
     def logits(self, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         ids_name, mask_name = self.info.input_names
@@ -274,6 +299,35 @@ def check_logits(path: Path, logits: npt.NDArray, batch: int, labels: int) -> np
         raise ModelError(f"{path}: the model returned non-finite logits {logits[row].tolist()} (row {row} of a batch "
                          f"of {batch}); nothing of that batch was written; the model or its variant is broken")
     return logits
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """What onnxruntime writes while a session opens — its C++ log on fd 2 and Python warnings —
+    kept to explain a provider that did not start; passed on to stderr afterwards."""
+    said: list[str] = []
+    with tempfile.TemporaryFile() as tmp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            said += tmp.read().decode("utf-8", "replace").splitlines()
+            said += [str(w.message) for w in caught]
+    for line in said:
+        print(line, file=sys.stderr)
+
+
+def _ort_reason(lines: list[str]) -> str:
+    for line in lines:
+        if "Failed to" in line or "not in available provider" in line or "Error" in line:
+            return line.split("] ", 1)[-1].strip()[:300]
+    return ""
 
 
 def softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from pathlib import Path
@@ -10,26 +9,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_IMDB = ROOT.parent / "shared" / "data" / "imdb" / "train.jsonl.gz"
 FIXTURE = Path(__file__).parent / "fixtures" / "reviews.jsonl"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
 
 
 def _load_reviews(limit: int) -> list[dict]:
-    if SHARED_IMDB.is_file():
-        with gzip.open(SHARED_IMDB, "rt", encoding="utf-8") as f:
-            rows = [json.loads(line) for i, line in enumerate(f) if i % 97 == 0]  # spread over the whole file
-        # the file is sorted by label: alternate them, as the repo's fixture mixes them, so that the first
-        # N reviews hold both labels whichever source the tests read
-        by_label = [[r for r in rows if r["label"] == k] for k in (0, 1)]
-        return [r for pair in zip(*by_label) for r in pair][:limit]
     return [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines()][:limit]
 
 
 @pytest.fixture(scope="session")
 def reviews() -> list[dict]:
-    """Real labelled IMDB reviews: from ../shared when present, else the fixture in the repo."""
+    """200 real labelled IMDB training reviews (every 97th of the training file, labels alternating), in the repo."""
     return _load_reviews(200)
 
 

@@ -473,3 +473,39 @@ def test_stream_inputs_directories_cr_text_empty_inputs_and_stale_errors(tmp_pat
     assert run(mixed, out, model).returncode == 1 and Path(f"{out}.errors.jsonl").exists()
     r = run(src, out, model)
     assert r.returncode == 0 and not Path(f"{out}.errors.jsonl").exists() and "removed" in r.stderr
+
+
+# What runs is what was asked for ------------------------------------------------------------
+
+
+def _claim_cuda(monkeypatch):
+    """onnxruntime lists CUDA but cannot start it (a CPU build here; a CUDA version mismatch on a
+    user's machine): the session opens on the CPU, as onnxruntime-gpu does without its libraries."""
+    import onnxruntime as ort
+
+    real = ort.get_available_providers
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real()])
+
+
+def test_an_explicit_provider_that_does_not_start_is_an_error(tmp_path, src, model, monkeypatch, capsys):
+    from pcv.runtime.cli import main
+
+    _claim_cuda(monkeypatch)
+    assert main([str(src), "-o", str(tmp_path / "o.jsonl"), "--model", str(model), "--provider", "cuda", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "provider 'cuda' was asked for, but onnxruntime opened the session on ['CPUExecutionProvider']" in err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_auto_says_when_cuda_did_not_start_and_classifies_on_the_cpu(tmp_path, src, model, monkeypatch, capsys):
+    from pcv.runtime import TextClassifier
+    from pcv.runtime.cli import main
+
+    _claim_cuda(monkeypatch)
+    out = tmp_path / "o.jsonl"
+    assert main([str(src), "-o", str(out), "--model", str(model), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "provider cuda did not start" in err and "provider cpu" in err and "batch 16" in err
+    assert len(strict_lines(out)) == 30
+    tc = TextClassifier(model)
+    assert tc.session.provider == "cpu" and not tc.session.io_binding and len(tc.predict(["fine"])) == 1

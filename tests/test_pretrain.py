@@ -37,7 +37,7 @@ def test_span_mask_only_touches_content_and_hits_the_rate(review_texts):
 
 def test_tiny_pretraining_resumes_and_transfers_to_the_classifier(tmp_path, review_texts, capsys):
     data = tmp_path / "unsup.jsonl"
-    texts = (review_texts * 2)[:80]  # 80 whether the reviews come from ../shared or the 60-review fixture
+    texts = review_texts[:80]
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     out = tmp_path / "mlm"
     cfg = PretrainConfig(data=(str(data),), out=str(out), size=TINY, max_length=256, batch_size=8, epochs=1.0,

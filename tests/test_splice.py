@@ -16,7 +16,7 @@ from pcv.export.train import DenseMemo
 
 @pytest.fixture()
 def parts(reviews):
-    by_label = [[r["text"] for r in reviews if r["label"] == k] for k in (0, 1)]  # the shared file is sorted by label
+    by_label = [[r["text"] for r in reviews if r["label"] == k] for k in (0, 1)]
     return by_label[0][:20] + by_label[1][:20], by_label[0][20:28] + by_label[1][20:28]  # the repo's fixture: 32 / 28
 
 

@@ -17,7 +17,7 @@ TINY = ["--num-latents", "8", "--d-latents", "32", "--d-model", "32", "--num-lay
 
 @pytest.fixture()
 def split_reviews(reviews):
-    by_label = [[r for r in reviews if r["label"] == k] for k in (0, 1)]  # the shared file is sorted by label
+    by_label = [[r for r in reviews if r["label"] == k] for k in (0, 1)]
     train = by_label[0][:20] + by_label[1][:20]
     other = by_label[0][20:30] + by_label[1][20:30]
     return [r["text"] for r in train], np.array([r["label"] for r in train]), [r["text"] for r in other]
