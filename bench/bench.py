@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
 from pcv.runtime.batching import BatchPlan, plan_batches
 from pcv.runtime.pipeline import PipelineConfig, classify_records
 from pcv.runtime.readers import ReaderConfig, Record, read_records
@@ -197,9 +196,8 @@ def latency(clf: OnnxClassifier, seq: int, runs: int) -> dict:
 def baselines(hf_dir: str, onnx_path: Path, texts: list[str], max_length: int) -> dict:
     """The three baselines, same texts and weights. Missing libraries are reported, not skipped silently."""
     import torch
-    from transformers import PerceiverTokenizer
-
     from pcv.export.modeling import load_classifier
+    from transformers import PerceiverTokenizer
 
     model = load_classifier(hf_dir)
     tok = PerceiverTokenizer(model_max_length=max_length)
@@ -335,7 +333,8 @@ def markdown(result: dict) -> str:
                      f"{f('x_vs_reference')} | {f('x_vs_eager_dynamic')} | {f('x_vs_optimum')} | {e['gflop_per_s']:.1f} | {agree} |")
     for s in result["skipped"]:
         lines.append(f"| {Path(s['model']).name} | {s['provider']} | skipped: {s['reason'][:60]} | | | | | |")
-    lines += ["", "| variant | provider | p50 ms (b1) | p90 | p99 | p50 ms (b8) | stages: tokenize / plan / run / post (s) |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| variant | provider | p50 ms (b1) | p90 | p99 | p50 ms (b8) | stages: tokenize / plan / run / post (s) |",
+              "|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
         l1, l8, st = r["latency"]["batch1"], r["latency"]["batch8"], r["end_to_end"]["stages_s"]
         lines.append(f"| {r['variant']} | {r['provider']} | {l1['p50_ms']:.1f} | {l1['p90_ms']:.1f} | {l1['p99_ms']:.1f} | {l8['p50_ms']:.1f} | "

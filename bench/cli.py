@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = BenchConfig(model=a.model, hf_model=a.hf_model, variants=tuple(a.variants), providers=tuple(a.providers.split(",")),
                       batch_sizes=_ints(a.batch_sizes), seq_lens=_ints(a.seq_lens), data=a.data, limit=a.limit,
-                      threads=a.threads, latency_runs=a.latency_runs, batch_size=a.batch_size, baselines=not a.no_baselines, engine=a.engine, engine_repeats=a.engine_repeats, out=a.out)
+                      threads=a.threads, latency_runs=a.latency_runs, batch_size=a.batch_size, baselines=not a.no_baselines,
+                      engine=a.engine, engine_repeats=a.engine_repeats, out=a.out)
     if a.quick:
         from dataclasses import replace
 

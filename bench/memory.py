@@ -33,10 +33,9 @@ class MemoryConfig:
 
 
 def _tiny_model(folder: Path) -> Path:
-    from transformers import PerceiverForSequenceClassification
-
     from pcv.export.modeling import ModelSize, build_config
     from pcv.export.onnx_export import ExportConfig, export_onnx
+    from transformers import PerceiverForSequenceClassification
 
     size = ModelSize(num_latents=16, d_latents=32, d_model=32, num_layers=1, self_heads=2, cross_heads=2, max_length=256)
     path = folder / "tiny.onnx"

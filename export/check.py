@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
-
 from pcv.runtime.batching import BatchPlan
 from pcv.runtime.pipeline import Batch, plan_and_tokenize
 from pcv.runtime.session import OnnxClassifier, SessionConfig

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from transformers.models.perceiver.modeling_perceiver import PerceiverSelfAttention
 
-
 # transformers 5 dropped head_mask from the signature, and callers pass arguments by position:
 # bind them to the installed version's signature.
 _STOCK = inspect.signature(PerceiverSelfAttention.forward)

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pcv.runtime.errors import ModelError
 from transformers import PerceiverConfig, PerceiverForSequenceClassification
 from transformers.models.perceiver.modeling_perceiver import PerceiverSelfAttention
-
-from pcv.runtime.errors import ModelError
 
 IMDB_LABELS = {0: "neg", 1: "pos"}
 

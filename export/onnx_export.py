@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-
 from pcv.runtime.errors import ModelError, PcvError
 from pcv.runtime.modelfile import DIGEST_KEY, graph_digest
 from pcv.runtime.tokenizer import PerceiverByteTokenizer

@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
-from transformers import PerceiverForMaskedLM
-
 from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
 from pcv.runtime.tokenizer import MASK, token_lengths
+from transformers import PerceiverForMaskedLM
 
 from .fastattn import use_fused_attention
 from .loop import bf16_autocast, record_eval, run_steps, say_precision, start

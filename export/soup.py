@@ -19,12 +19,11 @@ config describes the soup. Safetensors only: nothing is unpickled.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
-
 from pcv.runtime.errors import ModelError
 from pcv.runtime.modelfile import file_sha256
 

@@ -17,17 +17,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import PerceiverForSequenceClassification
-
 from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
-from pcv.runtime.readers import label_index
 from pcv.runtime.errors import InputError
+from pcv.runtime.readers import label_index
 from pcv.runtime.tokenizer import text_as_read, token_lengths
+from transformers import PerceiverForSequenceClassification
 
 from .fastattn import use_fused_attention
 from .loop import average_weights, bf16_autocast, record_eval, run_steps, say_precision, start
-from .modeling import (IMDB_LABELS, ModelSize, add_layers, build_config, extend_positions, load_classifier, model_size, patch_init,
-                       position_period, set_attention_dropout)
+from .modeling import (
+    IMDB_LABELS,
+    ModelSize,
+    add_layers,
+    build_config,
+    extend_positions,
+    load_classifier,
+    model_size,
+    patch_init,
+    position_period,
+    set_attention_dropout,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,8 +238,8 @@ class DenseMemo:
         held back a GPU run's whole first epoch (each run's first minute was slow, gpu-h100-8min)."""
         if self.memo is None:
             return
-        from concurrent.futures import ProcessPoolExecutor
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
         from .teacher import dense_words_of, set_worker_targets
 

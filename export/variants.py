@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
 from pcv.runtime.errors import PcvError, ProviderError
 from pcv.runtime.modelfile import file_sha256, scan_onnx
 from pcv.runtime.tokenizer import DEFAULT_MAX_LENGTH, PerceiverByteTokenizer

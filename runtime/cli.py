@@ -291,7 +291,7 @@ class Tally:
     failed: int = 0
     truncated: int = 0
 
-    def plus(self, other: "Tally") -> "Tally":
+    def plus(self, other: Tally) -> Tally:
         return Tally(self.classified + other.classified, self.failed + other.failed, self.truncated + other.truncated)
 
 

@@ -167,7 +167,7 @@ class LineSink:
     written since the part was started, so a resume can check what it continues."""
 
     def __init__(self, tgt: Target, *, part: str | None = None, lazy: bool = False, size: int = 0,
-                 hasher: "hashlib._Hash | None" = None) -> None:
+                 hasher: hashlib._Hash | None = None) -> None:
         self.target = tgt
         self.part = None if tgt.stream else tgt.path.parent / (part or new_part_name(tgt.path))
         self.size = size

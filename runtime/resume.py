@@ -29,7 +29,7 @@ def state_path(output: Path) -> Path:
     return Path(str(output) + ".pcv-state.json")
 
 
-def file_sha256(path: str | Path, limit: int | None = None) -> "hashlib._Hash":
+def file_sha256(path: str | Path, limit: int | None = None) -> hashlib._Hash:
     """sha256 of a file's first `limit` bytes (all when None), as a hasher that can go on."""
     h = hashlib.sha256()
     left = limit
@@ -134,7 +134,7 @@ def check_resumable(state: State, fp: dict, output: str) -> None:
                            f"(was {json.dumps(old.get(key))[:200]}); rerun without --resume to start again")
 
 
-def verify_prefix(path: Path, size: int, sha256: str, what: str) -> "hashlib._Hash":
+def verify_prefix(path: Path, size: int, sha256: str, what: str) -> hashlib._Hash:
     """Check that `path` starts with the committed bytes (length, digest, a line break at the end)
     and cut off what came after; returns the hasher of the kept bytes, to go on with."""
     again = "; rerun without --resume to start again"

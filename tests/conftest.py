@@ -32,9 +32,8 @@ def review_texts(reviews) -> list[str]:
 def tiny_model(*, num_latents: int = 16, d: int = 32, layers: int = 1, max_length: int = 256, seed: int = 0,
                qk_channels: int | None = None, v_channels: int | None = None):
     torch = pytest.importorskip("torch")
-    from transformers import PerceiverForSequenceClassification
-
     from pcv.export.modeling import ModelSize, build_config
+    from transformers import PerceiverForSequenceClassification
 
     torch.manual_seed(seed)
     size = ModelSize(num_latents=num_latents, d_latents=d, d_model=d, num_layers=layers, self_heads=2,

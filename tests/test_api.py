@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from pcv.runtime import TextClassifier
 from pcv.runtime.cli import main
 
@@ -39,7 +38,8 @@ def test_empty_input_bad_types_and_options(tiny_dir):
 
 def test_bundled_model_by_default():
     clf = TextClassifier()
-    assert clf.predict(["A lovely, moving film. Wonderful acting, I loved it.", "The worst film I have seen: dull and badly acted."]) == ["pos", "neg"]
+    texts = ["A lovely, moving film. Wonderful acting, I loved it.", "The worst film I have seen: dull and badly acted."]
+    assert clf.predict(texts) == ["pos", "neg"]
 
 
 @pytest.mark.parametrize("long_text", ["head", "head-tail"])

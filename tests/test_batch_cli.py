@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-
 from pcv.runtime import PerceiverByteTokenizer
 from pcv.runtime.cli import main
 from pcv.runtime.session import OnnxClassifier, default_model_path, softmax

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from pcv.runtime import PerceiverByteTokenizer, Record
 from pcv.runtime.batching import BatchPlan, plan_batches
 from pcv.runtime.pipeline import classify_records

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from pcv.runtime import PerceiverByteTokenizer
 from pcv.runtime.session import OnnxClassifier, default_model_path
 

@@ -257,7 +257,6 @@ def test_any_pattern_of_good_and_bad_records_in_any_window(tmp_path, tiny_dir):
     """In process (hypothesis makes many runs): every bad record reported, every good one classified, in order."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
-
     from pcv.runtime.cli import main
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))

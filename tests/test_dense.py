@@ -8,13 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import PerceiverForSequenceClassification
-
 from pcv.export.cli import train_main
 from pcv.export.fastattn import use_fused_attention
 from pcv.export.modeling import ModelSize, build_config, patch_init
 from pcv.export.teacher import DenseTargets, word_weights
 from pcv.runtime import PerceiverByteTokenizer
+from transformers import PerceiverForSequenceClassification
 
 
 def test_targets_sit_under_the_latent_that_reads_the_word():

@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from conftest import save_pickle_only, tiny_model
 from pcv.export.modeling import load_classifier
 from pcv.export.onnx_export import ExportConfig, export_onnx, verify_onnx

@@ -8,13 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
-
+from conftest import tiny_model, torch_logits
 from pcv.export.cli import train_main
 from pcv.export.modeling import extend_positions, load_classifier, patch_init, position_period
 from pcv.export.onnx_export import ExportConfig, export_onnx
 from pcv.export.teacher import DenseTargets
-
-from conftest import tiny_model, torch_logits
 
 
 def test_extended_model_repeats_positions_and_keeps_short_texts_logits(review_texts):

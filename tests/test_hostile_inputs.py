@@ -11,7 +11,6 @@ import sys
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from pcv.runtime import InputError, PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.cli import main
 

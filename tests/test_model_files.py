@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from pcv.runtime import ModelError
 from pcv.runtime.cli import main
 from pcv.runtime.modelfile import DIGEST_KEY, graph_digest, scan_onnx
@@ -110,7 +109,6 @@ def test_variants_carry_their_own_digest(tmp_path, tiny_dir):
 
 def test_pickle_only_dir_is_refused_by_pcv_export(tmp_path, capsys):
     from conftest import save_pickle_only, tiny_model
-
     from pcv.export.cli import export_main
 
     save_pickle_only(tiny_model(), tmp_path / "m")
@@ -127,7 +125,6 @@ def test_pickle_only_dir_is_refused_by_pcv_export(tmp_path, capsys):
 ], ids=["huge-latents", "negative", "string", "too-many-params", "not-perceiver"])
 def test_absurd_configs_are_refused_before_allocation(tmp_path, field, value, match):
     from conftest import tiny_model
-
     from pcv.export.modeling import load_classifier
 
     d = tmp_path / "m"
@@ -145,7 +142,6 @@ def test_external_data_format_round_trip_with_digest(tmp_path, monkeypatch, revi
     """The >2 GB path on a tiny model: weights in OUT.data, digest over them, variants from it."""
     import pcv.export.onnx_export as ox
     from conftest import tiny_model
-
     from pcv.export.onnx_export import ExportConfig, export_onnx
     from pcv.export.variants import build_variant
     from pcv.runtime import PerceiverByteTokenizer

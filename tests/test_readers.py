@@ -4,7 +4,6 @@ import gzip
 import json
 
 import pytest
-
 from pcv.runtime import InputError, ReaderConfig, read_records
 
 

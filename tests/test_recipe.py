@@ -1,5 +1,6 @@
 """The bundled model's recipes: recipe.sh (one GPU run, refused without CUDA), recipe-soup.sh (four CPU
-continuations of its model, then their soup) and recipe-cpu.sh (the previous model's three CPU stages) run their steps in order and, rerun after an interruption, resume
+continuations of its model, then their soup) and recipe-cpu.sh (the previous model's three CPU stages) run
+their steps in order and, rerun after an interruption, resume
 the unfinished one and skip the finished ones. The trainers are replaced by stand-ins on PATH that log
 their arguments; the real ones are tested elsewhere."""
 

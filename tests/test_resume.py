@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-
 from pcv.runtime import session as session_mod
 from pcv.runtime.cli import main
 

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
+from conftest import ROOT, tiny_model, torch_logits
 from pcv.export.cli import soup_main
 from pcv.export.modeling import load_classifier
 from pcv.export.soup import greedy
-
-from conftest import ROOT, tiny_model, torch_logits
+from safetensors.torch import load_file, save_file
 
 BUNDLED = ROOT / "models" / "imdb-perceiver"
 

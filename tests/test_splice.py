@@ -7,10 +7,9 @@ import json
 
 import numpy as np
 import pytest
-
 from pcv.export.cli import train_main
-from pcv.export.teacher import DenseTargets, NgramScorer, fit_scorer, teacher_probs
 from pcv.export.splice import Splicer, splice
+from pcv.export.teacher import NgramScorer, fit_scorer, teacher_probs
 from pcv.export.train import DenseMemo
 
 
@@ -192,10 +191,9 @@ def test_splice_augment_trains_on_spliced_texts_with_the_teachers_targets(tmp_pa
 
 
 def test_splice_workers_train_the_same_weights_as_the_thread(tmp_path, reviews):
-    from safetensors.numpy import load_file
-
     from pcv.export.modeling import ModelSize
     from pcv.export.train import TrainConfig, train
+    from safetensors.numpy import load_file
 
     p = tmp_path / "train.jsonl"
     rows = [r for r in reviews if r["label"] == 0][:16] + [r for r in reviews if r["label"] == 1][:16]

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-
 from pcv.export.cli import train_main
 from pcv.export.teacher import teacher_probs
 
@@ -82,9 +81,8 @@ def test_teacher_cache_is_reused_only_for_the_same_inputs(tmp_path, reviews, cap
 
 def test_nb_logistic_is_logistic_regression_on_log_count_ratio_scaled_features():
     import scipy.sparse as sp
-    from sklearn.linear_model import LogisticRegression
-
     from pcv.export.teacher import NbLogistic
+    from sklearn.linear_model import LogisticRegression
 
     # presence of three n-grams in six texts: the first mostly in label 1, the second only in label 0
     x = sp.csr_matrix(np.array([[1, 0, 1], [1, 0, 0], [1, 1, 1], [0, 1, 1], [0, 1, 0], [1, 1, 1]], float))

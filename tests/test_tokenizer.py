@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from pcv.runtime import PerceiverByteTokenizer
 from pcv.runtime.tokenizer import reference_encode, text_as_read
 

@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from pcv.export.cli import train_main
 from pcv.export import loop
+from pcv.export.cli import train_main
 from pcv.export.loop import _cpu_has_bf16, bf16_autocast, say_precision
 from pcv.export.modeling import load_classifier
 from pcv.export.train import split
@@ -86,9 +85,8 @@ def test_split_is_seeded_and_disjoint():
 
 def test_patch_init_makes_each_head_look_at_one_byte_of_its_patch():
     import torch
-    from transformers import PerceiverForSequenceClassification
-
     from pcv.export.modeling import ModelSize, build_config, patch_init
+    from transformers import PerceiverForSequenceClassification
 
     torch.manual_seed(0)
     m = PerceiverForSequenceClassification(build_config(ModelSize(num_latents=64, max_length=512, num_layers=1))).eval()
@@ -154,11 +152,10 @@ def test_group_by_length_is_a_permutation_with_little_padding():
 
 
 def test_set_attention_dropout_reaches_every_attention_and_the_config():
-    from transformers import PerceiverConfig, PerceiverForSequenceClassification
-    from transformers.models.perceiver.modeling_perceiver import PerceiverSelfAttention
-
     from pcv.export.fastattn import use_fused_attention
     from pcv.export.modeling import set_attention_dropout
+    from transformers import PerceiverConfig, PerceiverForSequenceClassification
+    from transformers.models.perceiver.modeling_perceiver import PerceiverSelfAttention
 
     torch.manual_seed(0)
     model = PerceiverForSequenceClassification(PerceiverConfig(

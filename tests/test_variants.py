@@ -7,7 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-
+import torch
 from conftest import tiny_model
 from pcv.export.check import TOLERANCES, compare
 from pcv.export.cli import check_main, export_main
@@ -15,8 +15,6 @@ from pcv.export.onnx_export import ExportConfig, export_onnx
 from pcv.export.variants import VariantConfig, build_variant, byte_side_matmuls, trt_profiles, trt_provider_options, variant_path
 from pcv.runtime import PcvError, PerceiverByteTokenizer, ProviderError
 from pcv.runtime.session import OnnxClassifier
-
-import torch
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
 """Torch accuracy of each run's saved model on the seeded 2,500 validation reviews: the 1,000
 selection sample the runs saw and the 1,500 they did not (a first read; pcv-check gives the figures)."""
-import json, sys
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-
 from pcv.export.modeling import load_classifier
 from pcv.export.train import TrainConfig, evaluate, load_labelled, split
 

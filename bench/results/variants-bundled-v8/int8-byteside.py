@@ -7,7 +7,6 @@ import sys
 
 import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
-
 from pcv.runtime.modelfile import DIGEST_KEY, graph_digest
 
 src, shipped, out = sys.argv[1:4]
