@@ -196,7 +196,7 @@ def latency(clf: OnnxClassifier, seq: int, runs: int) -> dict:
 def baselines(hf_dir: str, onnx_path: Path, texts: list[str], max_length: int) -> dict:
     """The three baselines, same texts and weights. Missing libraries are reported, not skipped silently."""
     import torch
-    from pcv.export.modeling import load_classifier
+    from pcv.export import load_classifier
     from transformers import PerceiverTokenizer
 
     model = load_classifier(hf_dir)

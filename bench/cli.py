@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pcv.runtime.errors import PcvError, console_script
+from pcv.runtime.console import console_script, show_defaults
+from pcv.runtime.errors import PcvError
+
+
+def _providers(s: str) -> tuple[str, ...]:
+    names = tuple(x for x in s.split(",") if x)
+    bad = [x for x in names if x not in ("cpu", "cuda", "tensorrt")]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"{s!r}: comma-separated providers from cpu, cuda, tensorrt")
+    return names
 
 
 def _ints(s: str) -> tuple[int, ...]:
@@ -26,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="fp32 .onnx or dir (default: the bundled model)")
     p.add_argument("--hf-model", help="HF dir for the torch baselines (default: the model's dir)")
     p.add_argument("--variants", nargs="*", default=[], help="more .onnx files (variants of --model)")
-    p.add_argument("--providers", default="cpu,cuda,tensorrt")
+    p.add_argument("--providers", default="cpu,cuda,tensorrt", type=_providers,
+                   help="comma-separated, from cpu, cuda, tensorrt; those not available here are reported as skipped")
     p.add_argument("--batch-sizes", default="1,8,32,64")
     p.add_argument("--seq-lens", default="256,1024,2048")
     p.add_argument("--data", default="examples/reviews.jsonl", help="reviews with their real length distribution")
@@ -42,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench-out")
     p.add_argument("--memory", metavar="SIZES", help="instead: peak RSS and throughput over time of pcv-batch on "
                    "files of SIZES records, e.g. 10000,100000,1000000 (tiny random model unless --model)")
-    a = p.parse_args(argv)
+    a = show_defaults(p).parse_args(argv)
     if a.memory:
         from .memory import MemoryConfig, memory_markdown, run_memory
 
@@ -51,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .bench import BenchConfig, run_bench, write_report
 
-    cfg = BenchConfig(model=a.model, hf_model=a.hf_model, variants=tuple(a.variants), providers=tuple(a.providers.split(",")),
+    cfg = BenchConfig(model=a.model, hf_model=a.hf_model, variants=tuple(a.variants), providers=a.providers,
                       batch_sizes=_ints(a.batch_sizes), seq_lens=_ints(a.seq_lens), data=a.data, limit=a.limit,
                       threads=a.threads, latency_runs=a.latency_runs, batch_size=a.batch_size, baselines=not a.no_baselines,
                       engine=a.engine, engine_repeats=a.engine_repeats, out=a.out)

@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pcv.runtime.errors import PcvError
+
 from .bench import machine
 
 
@@ -33,8 +35,7 @@ class MemoryConfig:
 
 
 def _tiny_model(folder: Path) -> Path:
-    from pcv.export.modeling import ModelSize, build_config
-    from pcv.export.onnx_export import ExportConfig, export_onnx
+    from pcv.export import ExportConfig, ModelSize, build_config, export_onnx
     from transformers import PerceiverForSequenceClassification
 
     size = ModelSize(num_latents=16, d_latents=32, d_model=32, num_layers=1, self_heads=2, cross_heads=2, max_length=256)
@@ -93,11 +94,11 @@ def _run_one(model: Path, src: Path, out: Path, n: int, extra: tuple[str, ...]) 
     err_path.unlink()
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4 above; tell Popen
     if proc.returncode != 0:
-        raise RuntimeError(f"pcv-batch exited {proc.returncode} on {n} records: {stderr[-500:]}")
+        raise PcvError(f"pcv-batch exited {proc.returncode} on {n} records: {stderr[-500:]}")
     with open(out, "rb") as f:
         done = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(2**20), b""))
     if done != n:
-        raise RuntimeError(f"pcv-batch wrote {done} predictions for {n} records")
+        raise PcvError(f"pcv-batch wrote {done} predictions for {n} records")
     # throughput in each tenth of the records (from the output samples); flat means no degradation
     tenths = []
     marks = [n * k // 10 for k in range(1, 11)]

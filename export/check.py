@@ -12,6 +12,7 @@ import numpy.typing as npt
 import torch
 from pcv.runtime.batching import BatchPlan
 from pcv.runtime.pipeline import Batch, plan_and_tokenize
+from pcv.runtime.readers import read_labelled
 from pcv.runtime.session import OnnxClassifier, SessionConfig
 
 
@@ -22,7 +23,7 @@ class Tolerance:
     max_acc_drop: float | None = None  # accuracy points (percent) away from torch, either way
 
 
-# Issue 3's tolerances by variant kind; overridable from the CLI.
+# Tolerances by variant kind (pcv-check fails a variant outside them); overridable from the CLI.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(min_agreement=1.0, max_abs_logit=1e-4),
     "optimized": Tolerance(min_agreement=1.0, max_abs_logit=1e-4),
@@ -51,11 +52,8 @@ class Row:
 def labelled_texts(model, data: str, *, text_field: str, label_field: str, limit: int | None
                    ) -> tuple[list[str], npt.NDArray[np.int64]]:
     """The texts of a labelled file and their labels as the model's ids (names from its id2label)."""
-    from .train import TrainConfig, load_labelled
-
     names = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
-    cfg = TrainConfig(data=(data,), out="", text_field=text_field, label_field=label_field, labels=names, limit=limit)
-    return load_labelled((data,), cfg)
+    return read_labelled((data,), names=names, text_field=text_field, label_field=label_field, limit=limit)
 
 
 def _batches(texts: list[str], max_length: int, batch_size: int) -> list[Batch]:

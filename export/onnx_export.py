@@ -10,6 +10,8 @@ The ONNX contract (what pcv.runtime relies on):
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -146,16 +148,26 @@ def export_onnx(model: torch.nn.Module, out: str | Path, cfg: ExportConfig = Exp
         "pcv.version": pcv_version(),
         "pcv.opset": str(cfg.opset),
     })
-    save_onnx(proto, out)
+    # Staged in a folder beside `out` and moved into place only once checked and verified: a failed
+    # export leaves no file behind, and an older file at `out` stays until the new one is good.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        onnx.checker.check_model(str(out))
-    except onnx.checker.ValidationError as e:
-        raise ModelError(f"{out}: the exported graph fails the ONNX checker: {e}") from e
-    if not cfg.verify:
-        return None
-    report = verify_onnx(model, out, max_length=max_length, texts=cfg.verify_texts)
-    if not report.ok(cfg.tolerance):
-        raise PcvError(f"{out}: verification failed (tolerance {cfg.tolerance:g}):\n{report.format()}")
+        staged = stage / out.name  # the same name: external data (OUT.data) keeps its reference
+        save_onnx(proto, staged)
+        try:
+            onnx.checker.check_model(str(staged))
+        except onnx.checker.ValidationError as e:
+            raise ModelError(f"{out}: the exported graph fails the ONNX checker: {e}") from e
+        report = None
+        if cfg.verify:
+            report = verify_onnx(model, staged, max_length=max_length, texts=cfg.verify_texts)
+            if not report.ok(cfg.tolerance):
+                raise PcvError(f"{out}: verification failed (tolerance {cfg.tolerance:g}); nothing written:\n{report.format()}")
+        for f in stage.iterdir():
+            os.replace(f, out.parent / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return report
 
 

@@ -165,11 +165,11 @@ def build_int8(src: Path, out: Path, cfg: VariantConfig) -> VariantReport:
     bundled model 0.56 pt on the 2,500 validation reviews (1.04 % of labels changed, over
     pcv-check's ±0.5 pt), float 0.04 pt (0.44 %), at ~7 % less speed (pcv-check, one run each).
     With 7-bit weights (below) quantizing them too no longer costs accuracy (88.96 % against
-    88.76 %) but changes 1.80 % of labels against 0.64 % (bench/results/variants-bundled-v8/), so they stay float.
+    88.76 %) but changes 1.80 % of labels against 0.64 % (pcv-check), so they stay float.
 
     7-bit weights (reduce_range): ONNX Runtime multiplies uint8 activations by int8 weights, and a CPU
     without VNNI (AVX2 only) sums pairs of those products in 16 bits, which saturate at full range.
-    On such a CPU (an AMD EPYC, eleventh session), pcv-check on the 2,500 validation reviews (batches
+    On such a CPU (an AVX2-only AMD EPYC), pcv-check on the 2,500 validation reviews (batches
     of 32): full-range weights moved the bundled model's logits by 0.092 on average (max 0.79), 7-bit
     weights by 0.020 (max 0.14); labels were level (99.48 / 99.36 % agreement, 88.80 / 88.76 %).
     A VNNI CPU gives up one bit of weight precision for it."""

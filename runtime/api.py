@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .batching import BatchPlan
+from .errors import ConfigError
 from .pipeline import LONG_TEXT, PipelineConfig, check_shifts, classify_records
 from .readers import Record
 from .session import OnnxClassifier, SessionConfig, plan_engine, resolve_model
@@ -30,7 +31,7 @@ class TextClassifier:
                  threads: int | None = None, concurrent_runs: int | None = None, max_tokens: int = 65_536,
                  window: int = 4096, long_text: str = "head", shifts: tuple[int, ...] = (0,)) -> None:
         if long_text not in LONG_TEXT:
-            raise ValueError(f"long_text {long_text!r}: one of {LONG_TEXT}")
+            raise ConfigError(f"long_text {long_text!r}: one of {LONG_TEXT}")
         self.path = resolve_model(None if model is None else str(model))
         name, self.engine = plan_engine(self.path, provider, batch_size=batch_size, threads=threads,
                                         concurrent_runs=concurrent_runs)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True, kw_only=True)
 class BatchPlan:
@@ -24,7 +26,7 @@ def plan_batches(lengths: npt.NDArray[np.int64], plan: BatchPlan = BatchPlan()) 
     [[1, 3], [2, 0]]
     """
     if plan.batch_size < 1 or plan.max_tokens < 1:
-        raise ValueError(f"batch_size and max_tokens must be positive, got {plan}")
+        raise ConfigError(f"batch_size and max_tokens must be positive, got {plan}")
     order = np.argsort(-lengths, kind="stable")  # (N,) longest first
     batches: list[npt.NDArray[np.int64]] = []
     start = 0

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from . import resume as rs
 from .api import TextClassifier
-from .errors import InputError, PcvError, console_script, describe_os_error
+from .console import console_script, describe_os_error, show_defaults
+from .errors import InputError, PcvError
 from .outputs import LineSink, OutputLock, Target, check_distinct, remove_stale, target
 from .pipeline import LONG_TEXT, Result, classify_records
 from .readers import FieldNotFoundError, ReaderConfig, Record, check_input_path, detect_format, is_stream, label_index, read_records
@@ -33,6 +34,7 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGHUP: 129, signal.SIGTERM: 143}
 EXIT_BROKEN_PIPE = 141  # as a shell reports a process ended by SIGPIPE: the reader went away
 TEXT_FIELD_PROBE = 1000  # leading JSONL records without the text field that mean a wrong --text-field
+MAX_THREADS = 1024  # --threads / --concurrent-runs: more threads than any machine has cores only thrash
 
 EPILOG = """examples:
   pcv-batch examples/reviews.jsonl                      # bundled model, predictions to stdout
@@ -48,14 +50,18 @@ that names an input or is locked by another run, unusable model or provider, an 
 of the whole job."""
 
 
-def _positive(value: str) -> int:
+def _positive(value: str, most: int | None = None) -> int:
     try:
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if n < 1 or (most is not None and n > most):
+        raise argparse.ArgumentTypeError(f"{value} must be from 1 to {most:,}" if most else f"{value} must be at least 1")
     return n
+
+
+def _threads(value: str) -> int:
+    return _positive(value, MAX_THREADS)
 
 
 def _shifts(value: str) -> tuple[int, ...]:
@@ -73,8 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--errors", help="errors JSONL (default: OUTPUT.errors.jsonl, or pcv-errors.jsonl for stdout)")
     p.add_argument("--model", help="an .onnx file or a dir holding model.onnx (default: the bundled IMDB model)")
     p.add_argument("--provider", default="auto", help="auto | cpu | cuda | tensorrt (default: auto)")
-    p.add_argument("--threads", type=_positive, help="onnxruntime intra-op threads per run (default: 1 on cpu, all on gpu)")
-    p.add_argument("--concurrent-runs", type=_positive,
+    p.add_argument("--threads", type=_threads, help="onnxruntime intra-op threads per run (default: 1 on cpu, all on gpu)")
+    p.add_argument("--concurrent-runs", type=_threads,
                    help="session.run calls in flight (default: one per core on cpu, 1 on gpu)")
     p.add_argument("--batch-size", type=_positive, help="texts per session.run (default: 1 on cpu, 64 on cuda/tensorrt)")
     p.add_argument("--max-tokens", type=_positive, default=65_536, help="padded tokens per session.run (default: 65536)")
@@ -239,7 +245,7 @@ def _signals_as_interrupts() -> Iterator[None]:
 @console_script("pcv-batch")
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(argv)
+    args = show_defaults(_parser()).parse_args(argv)
     job: Job | None = None
     with _signals_as_interrupts():
         try:

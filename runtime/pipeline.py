@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .batching import BatchPlan, plan_batches
+from .errors import ConfigError
 from .readers import Record
 from .session import OnnxClassifier, softmax
 from .tokenizer import PerceiverByteTokenizer
@@ -64,7 +65,7 @@ class _Window:
 
 def check_shifts(shifts: tuple[int, ...], max_length: int) -> None:
     if not shifts or len(set(shifts)) != len(shifts) or min(shifts) < 0 or max(shifts) > max_length // 4:
-        raise ValueError(f"shifts {shifts}: distinct byte offsets from 0 to max_length/4 ({max_length // 4}), at least one")
+        raise ConfigError(f"shifts {shifts}: distinct byte offsets from 0 to max_length/4 ({max_length // 4}), at least one")
 
 
 def tail_text(text: str, max_length: int) -> str:
@@ -119,7 +120,7 @@ def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: Pipeli
     ...     print(res.record.id, res.probs)
     """
     if cfg.long_text not in LONG_TEXT:
-        raise ValueError(f"long_text {cfg.long_text!r}: one of {LONG_TEXT}")
+        raise ConfigError(f"long_text {cfg.long_text!r}: one of {LONG_TEXT}")
     check_shifts(cfg.shifts, clf.info.max_length)
     tok = PerceiverByteTokenizer(model_max_length=clf.info.max_length)
     q: queue.Queue = queue.Queue(maxsize=cfg.prefetch)

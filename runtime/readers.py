@@ -366,3 +366,28 @@ def read_records(path: str, cfg: ReaderConfig = ReaderConfig()) -> Iterator[Reco
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
+
+
+def read_labelled(paths: Sequence[str], *, names: Sequence[str], text_field: str = "text", label_field: str = "label",
+                  limit: int | None = None) -> tuple[list[str], Any]:
+    """The texts of labelled files and their labels as ids into `names` (labels given as ids or names).
+    A bad record is an InputError naming file, line and field: training and scoring data must be clean."""
+    import numpy as np
+
+    texts: list[str] = []
+    labels: list[int] = []
+    rc = ReaderConfig(text_field=text_field, label_field=label_field, id_field=None)
+    for path in paths:
+        for rec in read_records(path, rc):
+            if rec.error:
+                raise InputError(f"{path}: line {rec.line}: {rec.error}")
+            gold, why = label_index(rec.label, names)
+            if gold is None:
+                raise InputError(f"{path}: line {rec.line}: field {label_field!r}: {why} (set the label names with --labels)")
+            texts.append(rec.text)  # type: ignore[arg-type]
+            labels.append(gold)
+            if limit and len(texts) >= limit:
+                return texts, np.array(labels, dtype=np.int64)
+    if not texts:
+        raise InputError(f"{', '.join(paths)}: no labelled records")
+    return texts, np.array(labels, dtype=np.int64)

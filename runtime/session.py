@@ -44,20 +44,18 @@ class Engine:
 
 
 # Measured with pcv-bench --engine --engine-repeats 3 on the bundled model (2-core CPU, 200 real
-# reviews, bench/results/cpu-bundled-engine): one single-threaded run per core at batch 1 gave
-# 54-58 ex/s in fp32 against 49-53 for all cores per run at batch 8 — no padding at all, no
-# intra-op synchronisation, and the latent stack's cost per example does not shrink with
-# batching. GPUs want large batches in one stream.
+# reviews, bench/results/engine): one single-threaded run per core at batch 1 gave 97 ex/s in fp32
+# against 87 for all cores per run at batch 4 — no padding at all, no intra-op synchronisation, and
+# the latent stack's cost per example does not shrink with batching. GPUs want large batches in one stream.
 ENGINES: dict[str, Engine] = {
     "cpu": Engine(batch_size=1, threads=1, concurrent_runs=None),
     "cuda": Engine(batch_size=64, threads=None, concurrent_runs=1),
     "tensorrt": Engine(batch_size=64, threads=None, concurrent_runs=1),
 }
 # Below this file size a model is so cheap per example that session.run's fixed cost dominates at
-# batch 1. pcv-bench --engine --engine-repeats 2 --batch-sizes 1,16 (bench/results/cpu-engine-*,
-# 1 thread x 2 runs, best of 2, 200 real reviews): a 0.44 MiB Perceiver 3,700 ex/s at batch 1 vs
-# 6,539 at batch 16; a 2.8 MiB one 768 vs 630; the 19 MiB bundled model 55.9 vs 47.0. Small models
-# on the CPU get this batch size instead.
+# batch 1. pcv-bench --engine --engine-repeats 2 --batch-sizes 1,16 (1 thread x 2 runs, best of 2,
+# 200 real reviews): a 0.44 MiB Perceiver 3,700 ex/s at batch 1 vs 6,539 at batch 16; a 2.8 MiB one
+# 768 vs 630. Small models on the CPU get this batch size instead.
 CPU_SMALL_MODEL_BYTES, CPU_SMALL_MODEL_BATCH = 2**20, 16
 DEFAULT_MODEL = "imdb-perceiver"
 MAX_ONNX_BYTES = 8 * 2**30  # refuse absurd files before onnxruntime tries to map them

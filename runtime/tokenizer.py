@@ -14,6 +14,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from .errors import ConfigError
+
 PAD, BOS, EOS, MASK, CLS, SEP = 0, 1, 2, 3, 4, 5
 BYTE_OFFSET = 6
 VOCAB_SIZE = 256 + BYTE_OFFSET
@@ -61,7 +63,7 @@ def _kept_length(n: int, max_length: int | None) -> int:
     if max_length is None or n + 2 <= max_length:
         return n
     if max_length < 3:  # (n > 0 here: an empty text needs no cut)
-        raise ValueError(f"max_length={max_length} leaves no room for a byte beside [CLS] and [SEP]: use 3 or more")
+        raise ConfigError(f"max_length={max_length} leaves no room for a byte beside [CLS] and [SEP]: use 3 or more")
     return max_length - 2
 
 
@@ -129,7 +131,7 @@ class PerceiverByteTokenizer:
         elif padding is False:
             padding = "do_not_pad"
         if padding not in ("longest", "max_length", "do_not_pad"):
-            raise ValueError(f"padding={padding!r}: use 'longest', 'max_length', 'do_not_pad', True or False")
+            raise ConfigError(f"padding={padding!r}: use 'longest', 'max_length', 'do_not_pad', True or False")
         limit = (max_length or self.model_max_length) if truncation else None
         pad_to = (max_length or self.model_max_length) if padding == "max_length" else None
 
@@ -150,11 +152,11 @@ class PerceiverByteTokenizer:
         if pad_to is not None:
             width = max(width, pad_to)
         if padding == "do_not_pad" and len(set(total.tolist())) > 1:
-            raise ValueError(
+            raise ConfigError(
                 "padding=False with texts of different lengths cannot form an array: pass padding='longest'"
             )
         if pad_to is not None and width > pad_to:
-            raise ValueError(
+            raise ConfigError(
                 f"a text has {width} tokens, more than max_length={pad_to}: pass truncation=True to cut it"
             )
 

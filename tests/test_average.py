@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 
-import pcv.export.train as train_mod
+import pcv.train.train as train_mod
 import pytest
 import torch
-from pcv.export.cli import train_main
-from pcv.export.loop import Checkpoint, average_weights
+from pcv.train.cli import train_main
+from pcv.train.loop import Checkpoint, average_weights
 from safetensors.torch import load_file, save_file
 from test_train import TINY
 

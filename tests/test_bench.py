@@ -40,7 +40,7 @@ def test_flops_of_language_perceiver_architecture():
     from transformers import PerceiverConfig
 
     cfg = PerceiverConfig(qk_channels=256, v_channels=1280).to_dict()
-    # DESIGN.md: about 100 GFLOP per example at 2,048 bytes, growing with length via the cross-attention
+    # the released language-perceiver: about 100 GFLOP per example at 2,048 bytes, growing with length via the cross-attention
     assert 90e9 < perceiver_flops(cfg, 2048) < 130e9
     assert perceiver_flops(cfg, 512) < perceiver_flops(cfg, 2048)
 

@@ -19,7 +19,7 @@ from pcv.export.variants import VariantConfig, build_variant, variant_path  # no
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reviews.jsonl"
 KINDS = ("optimized", "fp16", "int8", "int8-static")
-# max |Δlogit| per kind on any single review (issue 3's limits where it sets one; int8 kinds are
+# max |Δlogit| per kind on any single review (pcv-check's tolerances where it sets one; int8 kinds are
 # held to their label/accuracy tolerance by pcv-check below, and to this bound here)
 MAX_ABS = {"fp32": 1e-4, "optimized": 1e-4, "fp16": 1e-2, "int8": 0.5, "int8-static": 0.5}
 
@@ -57,10 +57,11 @@ def test_bundled_variant_logits(bundled, kind, batch, seq):
 def test_pcv_check_passes_every_variant_on_the_fixture(bundled, tmp_path, capsys):
     _, paths, _ = bundled
     js = tmp_path / "check.json"
-    # 60 reviews cannot resolve the issue's ±0.5 pt: one changed label is 1.67 pt. Here the int8
-    # kinds may change at most one fixture label; the ±0.5 pt itself is checked by pcv-check on the
-    # 2,500 validation reviews (models/imdb-perceiver/training/pcv-check-val2500.json).
-    one_label = 100 / 60 + 1e-6
+    # The fixture's reviews cannot resolve a ±0.5 pt tolerance: here the int8 kinds may move the accuracy
+    # by at most one label and change at most 2 % of the labels (99.60 % agreement on the 2,500 validation
+    # reviews, bench/results/variants/check-val2500.json, where pcv-check holds the tolerance itself).
+    n = sum(1 for _ in open(FIXTURE, encoding="utf-8"))
+    one_label = 100 / n + 1e-6
     rc = check_main([str(default_model_path().parent), *map(str, paths.values()), "--data", str(FIXTURE),
                      "--json", str(js), "--max-acc-drop", str(one_label)])
     table = capsys.readouterr().out
@@ -71,4 +72,4 @@ def test_pcv_check_passes_every_variant_on_the_fixture(bundled, tmp_path, capsys
         assert rows[kind]["agreement"] == 1.0 and rows[kind]["max_abs_logit"] <= TOLERANCES[kind].max_abs_logit
     assert rows["fp16"]["agreement"] == 1.0 and rows["fp16"]["max_abs_logit"] <= TOLERANCES["fp16"].max_abs_logit
     for kind in ("int8", "int8-static"):
-        assert abs(rows[kind]["acc_delta"]) <= one_label and rows[kind]["agreement"] >= 59 / 60
+        assert abs(rows[kind]["acc_delta"]) <= one_label and rows[kind]["agreement"] >= 0.98

@@ -8,11 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from pcv.export.cli import train_main
-from pcv.export.fastattn import use_fused_attention
-from pcv.export.modeling import ModelSize, build_config, patch_init
-from pcv.export.teacher import DenseTargets, word_weights
+from pcv.export.modeling import ModelSize, build_config
 from pcv.runtime import PerceiverByteTokenizer
+from pcv.train.cli import train_main
+from pcv.train.fastattn import use_fused_attention
+from pcv.train.surgery import patch_init
+from pcv.train.teacher import DenseTargets, word_weights
 from transformers import PerceiverForSequenceClassification
 
 
@@ -87,7 +88,7 @@ def test_fused_attention_gives_the_stock_logits_and_gradients():
 @pytest.mark.parametrize("prefill", [False, True], ids=["lazy", "prefill"])
 def test_train_with_dense_distillation_saves_a_plain_classifier(tmp_path, reviews, prefill, monkeypatch, capsys):
     if prefill:  # as on a many-core machine with a big pool: the targets made up front in processes
-        from pcv.export import train as train_mod
+        from pcv.train import train as train_mod
 
         monkeypatch.setattr(train_mod, "PREFILL_MIN_POOL", 0)
         monkeypatch.setattr(train_mod.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
@@ -113,7 +114,7 @@ def test_train_with_dense_distillation_saves_a_plain_classifier(tmp_path, review
 
 @pytest.mark.parametrize("max_bytes", [1 << 30, 0])
 def test_dense_memo_gives_the_targets_of_each_text_at_each_shift(max_bytes):
-    from pcv.export.train import DenseMemo
+    from pcv.train.train import DenseMemo
 
     pool = ["a great film", "an awful, awful film", "great", "awful acting but a great plot " * 5, "déjà vu: great"]
     dense = DenseTargets({"great": 1.0, "awful": -1.0, "plot": 0.5}, num_latents=4, max_length=64)
@@ -140,7 +141,7 @@ def test_shifted_targets_move_the_words_and_cut_at_max_length():
 
 
 def test_dense_memo_prefill_in_processes_gives_the_same_targets(reviews):
-    from pcv.export.train import DenseMemo
+    from pcv.train.train import DenseMemo
 
     pool = [r["text"] for r in reviews[:50]] + ["", "great"]
     dense = DenseTargets({"great": 1.0, "awful": -1.0, "plot": 0.5, "film": 0.25}, num_latents=16, max_length=512)
@@ -156,7 +157,7 @@ def test_dense_memo_prefill_in_processes_gives_the_same_targets(reviews):
 
 
 def test_shift_augment_trains_on_shifted_texts_with_their_targets(tmp_path, reviews, monkeypatch, capsys):
-    from pcv.export import train as train_mod
+    from pcv.train import train as train_mod
 
     seen = []
     real_call = DenseTargets.from_words

@@ -96,3 +96,15 @@ def test_export_cli(tmp_path, tiny_dir, capsys):
     assert "label agreement 100.0%" in capsys.readouterr().out
     assert export_main([str(tmp_path / "missing"), str(tmp_path / "x.onnx")]) == 2
     assert "no such model dir" in capsys.readouterr().err
+
+
+def test_a_failed_export_leaves_no_file_and_keeps_an_older_one(tmp_path, tiny_dir, capsys):
+    from pcv.export.cli import export_main
+
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"an older model")
+    assert export_main([str(tiny_dir), str(out), "--tolerance", "1e-30"]) == 2  # no export meets this
+    assert "verification failed" in capsys.readouterr().err
+    assert out.read_bytes() == b"an older model" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert export_main([str(tiny_dir), str(tmp_path / "new.onnx"), "--tolerance", "1e-30"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_model, torch_logits
-from pcv.export.cli import train_main
-from pcv.export.modeling import extend_positions, load_classifier, patch_init, position_period
+from pcv.export.modeling import load_classifier
 from pcv.export.onnx_export import ExportConfig, export_onnx
-from pcv.export.teacher import DenseTargets
+from pcv.train.cli import train_main
+from pcv.train.surgery import extend_positions, patch_init, position_period
+from pcv.train.teacher import DenseTargets
 
 
 def test_extended_model_repeats_positions_and_keeps_short_texts_logits(review_texts):

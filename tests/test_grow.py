@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_model, torch_logits
-from pcv.export.cli import train_main
-from pcv.export.modeling import ModelSize, add_layers, build_config, load_classifier, model_size, patch_init
+from pcv.export.modeling import ModelSize, build_config, load_classifier, model_size
 from pcv.export.onnx_export import ExportConfig, export_onnx
+from pcv.train.cli import train_main
+from pcv.train.surgery import add_layers, patch_init
 
 
 def _trained_like(layers: int):

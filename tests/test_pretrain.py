@@ -9,11 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pcv.export.cli import pretrain_main  # noqa: E402
 from pcv.export.modeling import ModelSize, load_classifier  # noqa: E402
-from pcv.export.pretrain import IGNORE, PretrainConfig, pretrain, span_mask  # noqa: E402
 from pcv.runtime import PerceiverByteTokenizer  # noqa: E402
 from pcv.runtime.tokenizer import MASK  # noqa: E402
+from pcv.train.cli import pretrain_main  # noqa: E402
+from pcv.train.pretrain import IGNORE, PretrainConfig, pretrain, span_mask  # noqa: E402
 
 TINY = ModelSize(num_latents=16, d_latents=32, d_model=32, num_layers=1, self_heads=2, cross_heads=2, max_length=256)
 
@@ -68,7 +68,7 @@ def test_pretrain_cli_refuses_empty_input(tmp_path, capsys):
 
 
 def test_patch_init_of_the_mlm_decoder_reads_each_bytes_own_latent():
-    from pcv.export.pretrain import build_mlm
+    from pcv.train.pretrain import build_mlm
 
     cfg = PretrainConfig(data=(), out="", size=ModelSize(num_latents=32, d_latents=64, d_model=64, num_layers=2,
                                                          self_heads=4, cross_heads=8, max_length=256), max_length=256)
@@ -99,8 +99,8 @@ def test_pretrain_attention_dropout_flag_is_saved_and_checked(tmp_path, review_t
 def test_fused_attention_gives_the_mlm_its_stock_logits_and_gradients():
     import copy
 
-    from pcv.export.fastattn import use_fused_attention
-    from pcv.export.pretrain import build_mlm
+    from pcv.train.fastattn import use_fused_attention
+    from pcv.train.pretrain import build_mlm
 
     torch.manual_seed(0)
     cfg = PretrainConfig(data=(), out="", size=ModelSize(num_latents=16, d_latents=64, d_model=64, num_layers=2,

@@ -7,9 +7,9 @@ import json
 
 import torch
 from conftest import ROOT, tiny_model, torch_logits
-from pcv.export.cli import soup_main
 from pcv.export.modeling import load_classifier
-from pcv.export.soup import greedy
+from pcv.train.cli import soup_main
+from pcv.train.soup import greedy
 from safetensors.torch import load_file, save_file
 
 BUNDLED = ROOT / "models" / "imdb-perceiver"

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from pcv.export.cli import train_main
-from pcv.export.splice import Splicer, splice
-from pcv.export.teacher import NgramScorer, fit_scorer, teacher_probs
-from pcv.export.train import DenseMemo
+from pcv.train.cli import train_main
+from pcv.train.splice import Splicer, splice
+from pcv.train.teacher import NgramScorer, fit_scorer, teacher_probs
+from pcv.train.train import DenseMemo
 
 
 @pytest.fixture()
@@ -100,7 +100,7 @@ def test_worker_processes_make_what_the_thread_makes(parts):
 
 
 def test_splice_augment_trains_on_spliced_texts_with_the_teachers_targets(tmp_path, reviews, monkeypatch, capsys):
-    from pcv.export import train as train_mod
+    from pcv.train import train as train_mod
 
     p = tmp_path / "train.jsonl"
     rows = [r for r in reviews if r["label"] == 0][:24] + [r for r in reviews if r["label"] == 1][:24]
@@ -115,7 +115,7 @@ def test_splice_augment_trains_on_spliced_texts_with_the_teachers_targets(tmp_pa
     # a share so small that most steps have no splice: those steps train on the pool texts alone
     assert train_main([*args, "--out", str(tmp_path / "few"), "--teacher", "ngram", "--splice-augment", "0.05"]) == 0
 
-    from pcv.export.splice import Made
+    from pcv.train.splice import Made
 
     made, trained, splicers = [], [], []
     real_make, real_tok = Splicer.make, train_mod.PerceiverByteTokenizer.__call__
@@ -139,7 +139,7 @@ def test_splice_augment_trains_on_spliced_texts_with_the_teachers_targets(tmp_pa
     monkeypatch.setattr(Splicer, "make", make_spy)
     monkeypatch.setattr(DenseMemo, "words", words_spy)
     monkeypatch.setattr(train_mod.PerceiverByteTokenizer, "__call__", tok_spy)
-    from pcv.export import teacher as teacher_mod
+    from pcv.train import teacher as teacher_mod
 
     refits, real_fit = [], teacher_mod.fit_scorer
     monkeypatch.setattr(teacher_mod, "fit_scorer", lambda *a, **k: refits.append(1) or real_fit(*a, **k))
@@ -192,7 +192,7 @@ def test_splice_augment_trains_on_spliced_texts_with_the_teachers_targets(tmp_pa
 
 def test_splice_workers_train_the_same_weights_as_the_thread(tmp_path, reviews):
     from pcv.export.modeling import ModelSize
-    from pcv.export.train import TrainConfig, train
+    from pcv.train.train import TrainConfig, train
     from safetensors.numpy import load_file
 
     p = tmp_path / "train.jsonl"

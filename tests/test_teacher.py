@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from pcv.export.cli import train_main
-from pcv.export.teacher import teacher_probs
+from pcv.train.cli import train_main
+from pcv.train.teacher import teacher_probs
 
 TINY = ["--num-latents", "8", "--d-latents", "32", "--d-model", "32", "--num-layers", "1", "--self-heads", "2",
         "--cross-heads", "2", "--batch-size", "8", "--epochs", "0.2", "--warmup-steps", "1", "--eval-every", "100"]
@@ -81,7 +81,7 @@ def test_teacher_cache_is_reused_only_for_the_same_inputs(tmp_path, reviews, cap
 
 def test_nb_logistic_is_logistic_regression_on_log_count_ratio_scaled_features():
     import scipy.sparse as sp
-    from pcv.export.teacher import NbLogistic
+    from pcv.train.teacher import NbLogistic
     from sklearn.linear_model import LogisticRegression
 
     # presence of three n-grams in six texts: the first mostly in label 1, the second only in label 0

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from pcv.export import loop
-from pcv.export.cli import train_main
-from pcv.export.loop import _cpu_has_bf16, bf16_autocast, say_precision
 from pcv.export.modeling import load_classifier
-from pcv.export.train import split
+from pcv.train import loop
+from pcv.train.cli import train_main
+from pcv.train.loop import _cpu_has_bf16, bf16_autocast, say_precision
+from pcv.train.train import split
 
 TINY = ["--num-latents", "8", "--d-latents", "32", "--d-model", "64", "--num-layers", "1", "--self-heads", "2",
         "--cross-heads", "2", "--max-length", "128", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "2",
@@ -85,7 +85,8 @@ def test_split_is_seeded_and_disjoint():
 
 def test_patch_init_makes_each_head_look_at_one_byte_of_its_patch():
     import torch
-    from pcv.export.modeling import ModelSize, build_config, patch_init
+    from pcv.export.modeling import ModelSize, build_config
+    from pcv.train.surgery import patch_init
     from transformers import PerceiverForSequenceClassification
 
     torch.manual_seed(0)
@@ -131,8 +132,8 @@ def test_write_split_writes_the_split_a_run_trains_and_selects_on(tmp_path):
 
 
 def test_group_by_length_is_a_permutation_with_little_padding():
-    from pcv.export.loop import group_by_length
     from pcv.runtime.tokenizer import token_lengths
+    from pcv.train.loop import group_by_length
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(10, 2048, size=1000)
@@ -152,8 +153,8 @@ def test_group_by_length_is_a_permutation_with_little_padding():
 
 
 def test_set_attention_dropout_reaches_every_attention_and_the_config():
-    from pcv.export.fastattn import use_fused_attention
-    from pcv.export.modeling import set_attention_dropout
+    from pcv.train.fastattn import use_fused_attention
+    from pcv.train.surgery import set_attention_dropout
     from transformers import PerceiverConfig, PerceiverForSequenceClassification
     from transformers.models.perceiver.modeling_perceiver import PerceiverSelfAttention
 
@@ -195,7 +196,7 @@ def test_attention_dropout_flag_is_saved_and_checked(tmp_path, labelled, capsys)
 
 @pytest.mark.parametrize("main", ["train", "pretrain"])
 def test_a_device_torch_cannot_use_is_refused_before_anything_is_written(tmp_path, labelled, capsys, monkeypatch, main):
-    from pcv.export.cli import pretrain_main
+    from pcv.train.cli import pretrain_main
 
     run = train_main if main == "train" else pretrain_main
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this CPU-only machine

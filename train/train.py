@@ -1,0 +1,509 @@
+"""pcv-train: fine-tune or train PerceiverForSequenceClassification on labelled text files.
+
+Seeded validation split, accuracy per evaluation, best model kept (save_pretrained, safetensors),
+resumable checkpoints (torch.save of tensors only, loaded with weights_only=True), a wall-clock
+budget so long runs can be spread over sessions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from pcv.export import IMDB_LABELS, ModelSize, build_config, load_classifier, model_size
+from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
+from pcv.runtime.errors import InputError
+from pcv.runtime.readers import read_labelled
+from pcv.runtime.tokenizer import text_as_read, token_lengths
+from transformers import PerceiverForSequenceClassification
+
+from .fastattn import use_fused_attention
+from .loop import LoopState, average_weights, bf16_autocast, record_eval, run_steps, say_precision, start
+from .surgery import add_layers, extend_positions, patch_init, position_period, set_attention_dropout
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    data: tuple[str, ...]  # labelled JSONL/CSV files
+    out: str  # output model dir (HF format) + metrics.json; checkpoint/ inside for resume
+    init_from: str | None = None  # pretrained HF dir or hub id; None = fresh model of `size`
+    grow_layers: int | None = None  # with init_from: deepen its latent transformer to this many layers (add_layers)
+    size: ModelSize = field(default_factory=ModelSize)
+    init: str = "patch"  # fresh models: "patch" (byte-patch cross-attention) or "default"
+    text_field: str = "text"
+    label_field: str = "label"
+    labels: tuple[str, ...] = ("neg", "pos")  # names for ids 0..C-1; labels in data may be ids or names
+    unlabelled: tuple[str, ...] = ()  # text-only files, used through the teacher
+    teacher: str = "none"  # "ngram" / "ngram-nb": distil from a TF-IDF + logistic regression teacher (teacher.KINDS)
+    teacher_cache: str | None = None  # .npz of the teacher's outputs, reused while the data and settings match
+    distill_weight: float = 0.5  # labelled targets = w * teacher + (1 - w) * one-hot
+    dense_weight: float = 0.0  # > 0: dense distillation, a word-lexicon target under every latent (teacher.DenseTargets)
+    fused_attention: bool = True  # train through torch's scaled_dot_product_attention (fastattn)
+    attention_dropout: float | None = None  # None: the model's own (config attention_probs_dropout_prob)
+    shift_augment: int = 0  # > 0: each training text read after 0..shift_augment-1 leading spaces, drawn per step
+    splice_augment: float = 0.0  # > 0: this share of each batch replaced by splices of two pool texts, scored by the teacher
+    splice_workers: int | None = None  # processes making splices ahead; None: 1 (a thread) on CPU, up to 4 on CUDA
+    max_length: int = 2048
+    batch_size: int = 32
+    lr: float = 5e-5  # the reference recipe (pretrained start); fresh models want ~5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    epochs: float = 3.0
+    max_minutes: float | None = None  # stop (and save) after this much training time
+    val_fraction: float = 0.1
+    val_limit: int | None = None  # evaluate on at most this many validation texts
+    eval_every: int = 500  # steps; also evaluated at the end
+    checkpoint_every: int = 500
+    average_last: int = 0  # > 1: at the end, the mean weights of the last N checkpoints, kept if they validate better
+    seed: int = 0  # initialisation, batch order, augmentation
+    split_seed: int = 0  # the train/validation split and the validation sample: runs with other seeds share them
+    device: str = "auto"
+    bf16: bool = True  # autocast on CUDA and on CPUs with bf16 instructions (loop.bf16_autocast)
+    group_by_length: bool = True  # batches of similar lengths (loop.group_by_length): less padding
+    limit: int | None = None  # use only the first N labelled records (quick runs, tests)
+
+
+def load_labelled(paths: tuple[str, ...], cfg: TrainConfig) -> tuple[list[str], np.ndarray]:
+    return read_labelled(paths, names=cfg.labels, text_field=cfg.text_field, label_field=cfg.label_field, limit=cfg.limit)
+
+
+def check_label_counts(tr_labels: np.ndarray, id2label: dict[int, str], cfg: TrainConfig) -> None:
+    """Refuse training data a classifier (or the teacher's cross-validation) cannot learn from,
+    before anything is fitted: one label only, or with an n-gram teacher, a label under teacher.FOLDS examples."""
+    from .teacher import FOLDS as folds
+    counts = np.bincount(tr_labels, minlength=len(id2label))
+    have = ", ".join(f"{id2label[i]!r} {n}" for i, n in enumerate(counts))
+    hint = f" (--limit {cfg.limit} keeps the first records: is the file sorted by label?)" if cfg.limit else ""
+    if (counts > 0).sum() < 2:
+        raise InputError(f"{', '.join(cfg.data)}: the training part has one label only ({have}); "
+                         f"a classifier needs examples of at least two{hint}")
+    if cfg.teacher != "none" and counts.min() < folds:
+        raise InputError(f"{', '.join(cfg.data)}: the n-gram teacher's {folds}-fold cross-validation needs at least "
+                         f"{folds} training examples of every label ({have}){hint}; or --teacher none")
+
+
+def load_unlabelled(paths: tuple[str, ...], cfg: TrainConfig) -> list[str]:
+    rc = ReaderConfig(text_field=cfg.text_field, id_field=None)
+    return [r.text for p in paths for r in read_records(p, rc) if r.text is not None]
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _cache_tag(kind: str, part: str = "") -> str:
+    """The teacher cache's settings tag: "ngram-1" / "ngram-scorer-1" as before the "ngram-nb" teacher, so
+    caches made then still load."""
+    return "-".join(filter(None, (kind, part, "1")))
+
+
+def split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train indices, validation indices)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * fraction)))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def val_sample(va: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """The validation texts a run evaluates on: all of them, or with val_limit a seeded sample (not the
+    first N: files are often sorted by label)."""
+    if not cfg.val_limit:
+        return va
+    return np.sort(np.random.default_rng(cfg.split_seed).permutation(va)[: cfg.val_limit])
+
+
+def write_split(cfg: TrainConfig, dest: str | Path) -> dict[str, int]:
+    """Write the seeded split that train() makes of cfg.data as JSONL (text, label name, index in the data):
+    train.jsonl and val.jsonl, and with val_limit val-sample.jsonl (what a run selects its steps on) and
+    val-rest.jsonl (the validation texts selection never saw). Returns the record count of each file."""
+    texts, labels = load_labelled(cfg.data, cfg)
+    tr, va = split(len(texts), cfg.val_fraction, cfg.split_seed)
+    parts = {"train": tr, "val": va}
+    if cfg.val_limit:
+        sample = val_sample(va, cfg)
+        parts |= {"val-sample": sample, "val-rest": np.setdiff1d(va, sample)}
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, idx in parts.items():
+        part = dest / f"{name}.jsonl.part"
+        with open(part, "w", encoding="utf-8") as f:
+            for i in idx:
+                f.write(json.dumps({"text": texts[i], "label": cfg.labels[labels[i]], "index": int(i)},
+                                   ensure_ascii=False) + "\n")
+        part.replace(dest / f"{name}.jsonl")
+    return {name: len(idx) for name, idx in parts.items()}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise InputError(f"--device {name}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: torch {torch.__version__} sees no CUDA GPU here; use --device cpu (or auto)")
+    return device
+
+
+@torch.no_grad()
+def evaluate(model, texts: list[str], labels: np.ndarray, *, max_length: int, device, bf16: bool, batch_size: int = 64) -> float:
+    model.eval()
+    tok = PerceiverByteTokenizer()
+    order = np.argsort([len(t) for t in texts])  # length-sorted: little padding
+    correct = 0
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        enc = tok([texts[i] for i in idx], max_length=max_length, truncation=True, padding="longest")
+        with bf16_autocast(device, bf16):
+            logits = model(inputs=torch.from_numpy(enc.input_ids).to(device), attention_mask=torch.from_numpy(enc.attention_mask).to(device)).logits
+        correct += int((logits.argmax(-1).cpu().numpy() == labels[idx]).sum())
+    model.train()
+    return correct / len(texts)
+
+
+def average_last(model, ckpt, state: LoopState, cfg: TrainConfig, score: Callable[[], float], out: Path) -> dict | None:
+    """--average-last N: score the mean weights of the run's last N checkpoints on the validation
+    sample; they become the saved model only if they beat its best step (the same selection rule)."""
+    kept = ckpt.recent()[-cfg.average_last :] if cfg.average_last > 1 else []
+    if len(kept) < 2:
+        return None
+    last = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(average_weights(kept))
+    acc = score()
+    steps = [int(p.stem.split("-")[1]) for p in kept]
+    better = acc > state.best_acc
+    print(f"mean weights of the checkpoints at steps {steps}: validation accuracy {acc:.4f} "
+          f"({'saved' if better else 'not saved'}: best single step {state.best_acc:.4f})", flush=True)
+    if better:
+        model.save_pretrained(out, safe_serialization=True)
+    model.load_state_dict(last)  # a resumed run goes on from the last step, not from the mean
+    if better:
+        state.best_acc = acc
+        ckpt.save(state)  # and has to beat the mean to replace it
+    return {"steps": steps, "val_accuracy": acc, "saved": better}
+
+
+PREFILL_MIN_POOL = 10_000  # DenseMemo.prefill below this, or under 4 cores, is not worth the processes
+
+
+class DenseMemo:
+    """Dense targets from each pool text's lexicon words, found once per text (DenseTargets.words,
+    ~0.4 ms a review: on a GPU that would be most of a step); the targets of a batch, at any shift,
+    are then one bincount per text. Pools over max_bytes at ~2 KiB a text are not memoised."""
+
+    def __init__(self, dense, pool_size: int, *, max_bytes: int = 1 << 30) -> None:
+        self.dense = dense
+        self.memo: list | None = [None] * pool_size if pool_size * 2048 <= max_bytes else None
+
+    def prefill(self, texts: list[str], workers: int) -> None:
+        """Find every pool text's words now, in `workers` processes. Found on first use instead, they
+        held back a GPU run's whole first epoch (each run's first minute was slow, gpu-h100-8min)."""
+        if self.memo is None:
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from .teacher import dense_words_of, set_worker_targets
+
+        chunk = max(1, -(-len(texts) // (workers * 8)))
+        starts = range(0, len(texts), chunk)
+        # spawn, not fork: torch's thread pools (and CUDA) are already up in this process
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=set_worker_targets, initargs=(self.dense,)) as ex:
+            for a, words in zip(starts, ex.map(dense_words_of, [texts[a : a + chunk] for a in starts])):
+                self.memo[a : a + len(words)] = words
+
+    def words(self, texts: list[str], idx: np.ndarray) -> list:
+        """The lexicon words (teacher.Words) of pool texts `idx`, whose texts are `texts`."""
+        if self.memo is None:
+            return [self.dense.words(t) for t in texts]
+        words = []
+        for text, i in zip(texts, idx.tolist()):
+            if self.memo[i] is None:
+                self.memo[i] = self.dense.words(text)
+            words.append(self.memo[i])
+        return words
+
+
+@dataclass
+class Data:
+    """The labelled texts, split: training part and validation sample."""
+
+    id2label: dict[int, str]
+    tr_texts: list[str]
+    tr_labels: np.ndarray  # (N,) ids
+    va_texts: list[str]
+    va_labels: np.ndarray  # (V,) ids
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+
+@dataclass
+class Targets:
+    """What the student learns from: the pool of texts (labelled, then unlabelled) and a soft target
+    distribution for each; the n-gram teacher's lexicon and splice scorer when there is one."""
+
+    pool: list[str]
+    targets: np.ndarray  # (len(pool), C)
+    words: dict[str, float] | None = None  # the dense teacher's lexicon (word -> weight)
+    scorer: object | None = None  # teacher.NgramScorer, with splice_augment
+    teacher_val_acc: float | None = None
+    teacher_val_acc_cut: float | None = None  # on the first max_length tokens the student reads
+
+
+def load_data(cfg: TrainConfig) -> Data:
+    id2label = dict(enumerate(cfg.labels)) if cfg.labels else IMDB_LABELS
+    texts, labels = load_labelled(cfg.data, cfg)
+    tr, va = split(len(texts), cfg.val_fraction, cfg.split_seed)
+    va = val_sample(va, cfg)
+    data = Data(id2label, [texts[i] for i in tr], labels[tr], [texts[i] for i in va], labels[va])
+    check_label_counts(data.tr_labels, id2label, cfg)
+    return data
+
+
+def build_model(cfg: TrainConfig, data: Data) -> PerceiverForSequenceClassification:
+    """A trained model (init_from; extended or grown as asked) or a fresh one of cfg.size. Made before
+    the teacher is fitted, so that a bad --init-from or --grow-layers is refused at once."""
+    if not cfg.init_from:
+        if cfg.grow_layers:
+            raise InputError("--grow-layers deepens a trained model: give --init-from too")
+        model = PerceiverForSequenceClassification(build_config(cfg.size, data.id2label))
+        if cfg.init == "patch":
+            patch_init(model)
+        elif cfg.init != "default":
+            raise InputError(f"--init {cfg.init!r}: use 'patch' or 'default'")
+        return model
+    model = load_classifier(cfg.init_from).float()  # train in fp32 whatever the file holds
+    if model.config.num_labels != data.num_labels:
+        raise InputError(f"{cfg.init_from}: has {model.config.num_labels} labels, the data has {data.num_labels}")
+    if cfg.max_length > (old := model.config.max_position_embeddings):
+        extend_positions(model, cfg.max_length)
+        print(f"{cfg.init_from}: {old} positions extended to {cfg.max_length} (learned position embeddings repeated "
+              f"every {position_period(model.config)}; texts that fit the old length give the same logits)", flush=True)
+    if cfg.grow_layers and cfg.grow_layers != (old := model.config.num_self_attends_per_block):
+        if cfg.grow_layers < old:
+            raise InputError(f"{cfg.init_from}: has {old} self-attention layers; --grow-layers {cfg.grow_layers} "
+                             "can only add layers")
+        add_layers(model, cfg.grow_layers)
+        print(f"{cfg.init_from}: {old} self-attention layers grown to {cfg.grow_layers} (new layers start as the "
+              "identity: same logits)", flush=True)
+    return model
+
+
+def fit_targets(cfg: TrainConfig, data: Data) -> Targets:
+    """One-hot targets, or with a teacher its distilled mix, its targets for the unlabelled texts and,
+    for splices, its scorer (all cached under cfg.teacher_cache)."""
+    onehot = np.eye(data.num_labels, dtype=np.float32)[data.tr_labels]
+    if cfg.teacher == "none":
+        if cfg.splice_augment > 0:
+            raise InputError("--splice-augment needs an n-gram teacher to score the spliced texts: --teacher ngram or ngram-nb")
+        return Targets(list(data.tr_texts), onehot)
+    from .teacher import cached, fingerprint, fit_teacher, kind_of, word_weights
+
+    kind = kind_of(cfg.teacher)  # a bad name is refused before the unlabelled texts are read
+    unl = load_unlabelled(cfg.unlabelled, cfg) if cfg.unlabelled else []
+    t0 = time.time()
+    seen = [text_as_read(t, cfg.max_length) for t in data.va_texts]  # what the student reads
+    fitted: dict[str, dict[str, np.ndarray]] = {}  # the full teacher of a fit made here, for the splice scorer
+
+    def build() -> dict[str, np.ndarray]:
+        t = fit_teacher(data.tr_texts, data.tr_labels, data.va_texts + unl, num_labels=data.num_labels,
+                        seed=cfg.split_seed, probe_texts=seen, kind=kind.name, with_scorer=cfg.splice_augment > 0)
+        arrays = {name: t.pop(name) for name in ("cv", "other", "probe")}
+        fitted["scorer"] = t  # empty unless splicing
+        if cfg.dense_weight > 0:
+            ww = word_weights(data.tr_texts, data.tr_labels)
+            arrays |= {"words": np.array(list(ww), dtype=str), "weights": np.array(list(ww.values()), np.float32)}
+        return arrays
+
+    key = fingerprint(data.tr_texts + data.va_texts + unl + seen, data.tr_labels, data.va_labels,
+                      settings=(_cache_tag(kind.name), data.num_labels, cfg.split_seed, len(data.tr_texts),
+                                len(data.va_texts), cfg.dense_weight > 0))
+    t = cached(cfg.teacher_cache, key, build)
+    other = t["other"]
+    words = dict(zip(t["words"].tolist(), t["weights"].tolist())) if "words" in t else None
+    n_va = len(data.va_texts)
+    acc = float((other[:n_va].argmax(1) == data.va_labels).mean())
+    acc_cut = float((t["probe"].argmax(1) == data.va_labels).mean())
+    print(f"teacher: {kind.name}, n-gram TF-IDF + LR, validation accuracy {acc:.4f}, {acc_cut:.4f} on the first "
+          f"{cfg.max_length} tokens the student reads ({time.time() - t0:.0f}s)", flush=True)
+    w = cfg.distill_weight
+    targets = np.concatenate([w * t["cv"] + (1 - w) * onehot, other[n_va:]]).astype(np.float32)
+    scorer = None
+    if cfg.splice_augment > 0:
+        from .teacher import NgramScorer, fit_scorer
+
+        t0 = time.time()
+        path = Path(cfg.teacher_cache) if cfg.teacher_cache else None
+        scorer = NgramScorer(cached(
+            path and path.with_name(path.stem + ".scorer.npz"),
+            fingerprint(data.tr_texts + data.va_texts + unl, data.tr_labels,
+                        settings=(_cache_tag(kind.name, "scorer"), data.num_labels)),
+            lambda: fitted.pop("scorer", None) or fit_scorer(data.tr_texts, data.tr_labels, data.va_texts + unl,
+                                                             kind=kind.name)))
+        print(f"teacher: scorer for spliced texts ready, {len(scorer.index):,} n-grams ({time.time() - t0:.0f}s)", flush=True)
+    return Targets(list(data.tr_texts) + unl, targets, words, scorer, acc, acc_cut)
+
+
+def prepare_model(model, cfg: TrainConfig, data: Data, device: torch.device) -> None:
+    """Labels, attention dropout and fused attention set, on the device, in training mode."""
+    model.config.id2label = data.id2label
+    model.config.label2id = {v: k for k, v in data.id2label.items()}
+    if cfg.attention_dropout is not None:
+        set_attention_dropout(model, cfg.attention_dropout)
+    elif device.type == "cpu" and model.config.attention_probs_dropout_prob > 0:
+        print(f"note: attention dropout {model.config.attention_probs_dropout_prob} (the model's) makes each CPU step "
+              "about 3x slower (no fused attention kernel with dropout); --attention-dropout 0 turns it off", flush=True)
+    model.to(device).train()
+    if cfg.fused_attention:
+        use_fused_attention(model)
+
+
+def dense_targets(cfg: TrainConfig, model, data: Data, tg: Targets, device: torch.device
+                  ) -> tuple[DenseMemo | None, torch.nn.Module]:
+    """With dense_weight: the lexicon targets under the latents (memoised per pool text) and the
+    training-only head that reads them; returns them and the module the optimizer trains."""
+    if cfg.dense_weight <= 0:
+        return None, model
+    from .teacher import DenseTargets, word_weights
+
+    mc = model.config
+    lexicon = tg.words if tg.words is not None else word_weights(data.tr_texts, data.tr_labels)
+    dense = DenseTargets(lexicon, num_latents=mc.num_latents, max_length=cfg.max_length,
+                         positions=position_period(mc)).normalised(data.tr_texts[:2000])
+    memo = DenseMemo(dense, len(tg.pool))
+    workers = min(16, _cores())
+    if len(tg.pool) >= PREFILL_MIN_POOL and workers >= 4:
+        t0 = time.perf_counter()
+        memo.prefill(tg.pool, workers)
+        print(f"dense targets for {len(tg.pool):,} texts made in {time.perf_counter() - t0:.1f}s ({workers} processes)",
+              flush=True)
+    head = torch.nn.Linear(mc.d_latents, 1).to(device)  # training only: reads a word score off each latent
+    return memo, torch.nn.ModuleDict({"model": model, "dense_head": head})
+
+
+class BatchLoss:
+    """The loss of one batch of pool indices at a step: soft-target cross-entropy, plus the dense
+    term; splices and byte shifts are drawn from (seed, step), so a resumed run sees the same batches."""
+
+    def __init__(self, cfg: TrainConfig, model, trained: torch.nn.Module, tg: Targets, dense: DenseMemo | None,
+                 splicer, device: torch.device) -> None:
+        self.cfg, self.model, self.trained, self.tg, self.dense, self.splicer, self.device = (
+            cfg, model, trained, tg, dense, splicer, device)
+        self.tok = PerceiverByteTokenizer()
+
+    def __call__(self, idx: np.ndarray, step: int) -> torch.Tensor:
+        cfg, dense, device = self.cfg, self.dense, self.device
+        batch = [self.tg.pool[i] for i in idx]
+        y = self.tg.targets[idx]  # (B, C)
+        words = dense.words(batch, idx) if dense is not None else None  # of the pool texts, memoised under idx
+        if self.splicer is not None:  # splices replace some rows (the last batch of an epoch may have fewer)
+            made = self.splicer(step)
+            rows = made.rows[made.rows < len(idx)]
+            y = y.copy()
+            y[rows] = made.probs[: len(rows)]  # no gold label: the teacher's alone
+            for k, r in enumerate(rows.tolist()):
+                batch[r] = made.texts[k]
+                if words is not None:
+                    words[r] = made.words[k]
+        shifts = None
+        if cfg.shift_augment:
+            shifts = np.random.default_rng([cfg.seed, step]).integers(0, cfg.shift_augment, len(idx))
+        texts = batch if shifts is None else [" " * s + t for s, t in zip(shifts.tolist(), batch)]
+        enc = self.tok(texts, max_length=cfg.max_length, truncation=True, padding="longest")
+        x = torch.from_numpy(enc.input_ids).to(device, non_blocking=True)  # (B, T)
+        m = torch.from_numpy(enc.attention_mask).to(device, non_blocking=True)
+        yt = torch.from_numpy(y).to(device, non_blocking=True)
+        with bf16_autocast(device, cfg.bf16):
+            out = self.model(inputs=x, attention_mask=m, output_hidden_states=dense is not None)
+        loss = -(yt * torch.log_softmax(out.logits.float(), -1)).sum(-1).mean()
+        if dense is not None:
+            t, tm = (torch.from_numpy(a).to(device) for a in dense.dense.from_words(words, shifts))
+            pred = self.trained["dense_head"](out.hidden_states[-1].float()).squeeze(-1)  # (B, num_latents)
+            loss = loss + cfg.dense_weight * (((pred - t) ** 2) * tm).sum() / tm.sum()
+        return loss
+
+
+def make_splicer(cfg: TrainConfig, tg: Targets, dense: DenseMemo | None, device: torch.device):
+    if tg.scorer is None:
+        return None
+    from .splice import Splicer
+
+    # a step's 64 splices take ~0.1-0.2 s of Python here: on a GPU, with cores to spare, several processes
+    return Splicer(tg.pool, tg.scorer, share=cfg.splice_augment, batch_size=cfg.batch_size, seed=cfg.seed,
+                   words=dense.dense.words if dense is not None else None,
+                   workers=cfg.splice_workers or (max(1, min(4, _cores() // 4)) if device.type == "cuda" else 1))
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train and save the best model to cfg.out; returns the metrics written to metrics.json."""
+    device = _device(cfg.device)  # a bad --device is refused before anything is written
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    say_precision(device, cfg.bf16)
+
+    data = load_data(cfg)
+    model = build_model(cfg, data)
+    tg = fit_targets(cfg, data)
+    prepare_model(model, cfg, data, device)
+    dense, trained = dense_targets(cfg, model, data, tg, device)
+    run = start(trained, pool_size=len(tg.pool), batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr,
+                weight_decay=cfg.weight_decay, warmup=cfg.warmup_steps, max_minutes=cfg.max_minutes,
+                ckpt_dir=out / "checkpoint", device=device, keep=cfg.average_last, kept=model)
+
+    def score() -> float:
+        return evaluate(model, data.va_texts, data.va_labels, max_length=cfg.max_length, device=device, bf16=cfg.bf16)
+
+    def run_eval() -> None:
+        acc = score()
+        entry = {"step": run.state.step, "epoch": round(run.state.step / run.steps_per_epoch, 3), "val_accuracy": acc,
+                 "train_seconds": round(run.state.train_seconds, 1)}
+        record_eval(run.state, entry, acc, model, out)
+
+    splicer = make_splicer(cfg, tg, dense, device)
+    with splicer or contextlib.nullcontext():
+        run_steps(run, model=trained, loss_of=BatchLoss(cfg, model, trained, tg, dense, splicer, device),
+                  run_eval=run_eval, pool_size=len(tg.pool), batch_size=cfg.batch_size, order_seed=cfg.seed,
+                  eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, max_minutes=cfg.max_minutes,
+                  lengths=token_lengths(tg.pool, cfg.max_length) if cfg.group_by_length else None, desc="train")
+    averaged = average_last(model, run.ckpt, run.state, cfg, score, out)
+    return write_metrics(cfg, model, data, tg, run, device, averaged, out)
+
+
+def write_metrics(cfg: TrainConfig, model, data: Data, tg: Targets, run, device: torch.device, averaged: dict | None,
+                  out: Path) -> dict:
+    state = run.state
+    metrics = {
+        "best_val_accuracy": state.best_acc,
+        "steps": state.step,
+        "total_steps": run.total_steps,
+        "examples_seen": state.step * cfg.batch_size,
+        "train_seconds": round(state.train_seconds, 1),
+        "train_size": len(data.tr_texts),
+        "val_size": len(data.va_texts),
+        "val_label_counts": np.bincount(data.va_labels, minlength=data.num_labels).tolist(),
+        "pool_size": len(tg.pool),
+        "teacher_val_accuracy": tg.teacher_val_acc,
+        "teacher_val_accuracy_at_max_length": tg.teacher_val_acc_cut,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "history": state.history,
+        # the size trained, which with init_from is the loaded model's, not cfg.size
+        "config": asdict(cfg) | {"size": asdict(model_size(model.config))},
+        "finished": state.step >= run.total_steps,
+    }
+    if averaged:
+        metrics["averaged"] = averaged
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
