@@ -48,9 +48,10 @@ class TextClassifier:
         check_shifts(self.config.shifts, info.max_length)
         self.labels = tuple(info.id2label[i] for i in range(len(info.id2label)))
 
-    def predict_proba(self, texts: Iterable[str]) -> npt.NDArray[np.float32]:
-        """(N, C) class probabilities, rows in the order of `texts`, columns in the order of `labels`."""
-        texts = list(texts)
+    def predict_proba(self, texts: str | Iterable[str]) -> npt.NDArray[np.float32]:
+        """(N, C) class probabilities, rows in the order of `texts`, columns in the order of `labels`;
+        a single string is one text (N = 1), as in a transformers pipeline."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"text {i} is {type(t).__name__}, expected str")
@@ -60,11 +61,11 @@ class TextClassifier:
             probs[res.record.id] = res.probs
         return probs
 
-    def predict(self, texts: Iterable[str]) -> list[str]:
+    def predict(self, texts: str | Iterable[str]) -> list[str]:
         """The most probable label of each text."""
         return [self.labels[k] for k in self.predict_proba(texts).argmax(1)]
 
-    def __call__(self, texts: Iterable[str]) -> list[dict[str, str | float]]:
+    def __call__(self, texts: str | Iterable[str]) -> list[dict[str, str | float]]:
         """`[{"label": ..., "score": ...}]` per text, as a transformers text-classification pipeline gives."""
         probs = self.predict_proba(texts)
         best = probs.argmax(1)

@@ -21,10 +21,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import resume as rs
 from .api import TextClassifier
 from .console import console_script, describe_os_error, show_defaults
 from .errors import InputError, PcvError
+from .metrics import format_report, report, write_report
 from .outputs import LineSink, OutputLock, Target, check_distinct, remove_stale, target
 from .pipeline import LONG_TEXT, Result, classify_records
 from .readers import FieldNotFoundError, ReaderConfig, Record, check_input_path, detect_format, is_stream, label_index, read_records
@@ -97,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--id-field", default="id", help="JSONL key / CSV column of the id, else the line number (default: id)")
     p.add_argument("--label-field", help="score the predictions against this field (label names or ids) and "
                    "print the accuracy; records without it are classified and left out of the score")
+    p.add_argument("--metrics", metavar="FILE.json",
+                   help="with --label-field: write accuracy, per-class precision/recall/F1/support and the confusion "
+                        "matrix here as JSON")
     p.add_argument("--max-line-bytes", type=_positive, default=ReaderConfig().max_line_bytes,
                    help="a longer input line is reported as an error, not read (default: 16777216, 16 MiB)")
     p.add_argument("--resume", action="store_true",
@@ -118,6 +124,7 @@ class Job:
     resume: bool
     quiet: bool
     argv: tuple[str, ...]  # to print the resume command
+    metrics: str | None = None  # --metrics FILE.json
 
     @property
     def durable(self) -> bool:
@@ -145,8 +152,12 @@ def _job(args: argparse.Namespace, argv: list[str]) -> Job:
     reader = ReaderConfig(text_field=args.text_field, id_field=args.id_field or None, format=args.format,
                           max_line_bytes=args.max_line_bytes, label_field=args.label_field, label_required=False,
                           probe_text_field=TEXT_FIELD_PROBE)
+    if args.metrics and not args.label_field:
+        raise InputError("--metrics needs --label-field: the per-class figures compare predictions with the file's labels")
+    if args.metrics:
+        target(args.metrics, "--metrics")  # a directory, or a parent that is a file: say so now
     return Job(tuple(args.inputs), target(args.output, "-o"), target(errors, "--errors"), args.model, reader,
-               args.resume, args.quiet, tuple(argv))
+               args.resume, args.quiet, tuple(argv), args.metrics)
 
 
 def _resume_options(job: Job, args: argparse.Namespace, batch_size: int) -> dict:
@@ -157,7 +168,7 @@ def _resume_options(job: Job, args: argparse.Namespace, batch_size: int) -> dict
                "window": args.window, "max_line_bytes": args.max_line_bytes, "long_text": args.long_text}
     if args.shifts != (0,):
         options["shifts"] = list(args.shifts)
-    if args.label_field:  # the score carries over a resume (State.scored/correct): same field only
+    if args.label_field:  # the score carries over a resume (State.confusion): same field only
         options["label_field"] = args.label_field
     return options
 
@@ -170,6 +181,8 @@ def _check_outputs(job: Job, model_path: str) -> list[OutputLock]:
             writes += [(f"the lock of {tgt.given}", str(tgt.beside(".pcv-lock")))]
     if not job.output.stream:
         writes.append((f"the resume state of {job.output.given}", str(rs.state_path(job.output.path))))
+    if job.metrics:
+        writes.append(("--metrics", job.metrics))
     reads = [("input", p) for p in job.inputs] + [("--model", model_path)]
     check_distinct(writes, reads)
     return [OutputLock(t.path, t.role) for t in (job.output, job.errors) if not t.stream]
@@ -182,15 +195,21 @@ def _all_records(inputs: tuple[str, ...], rc: ReaderConfig) -> Iterator[tuple[st
 
 
 class Score:
-    """Accuracy of the predictions against the records' own labels (pcv-batch --label-field); the counts
-    live in the resume state, so a resumed run scores the whole file."""
+    """The predictions against the records' own labels (pcv-batch --label-field): a confusion matrix
+    kept in the resume state, so a resumed run scores the whole file."""
 
     def __init__(self, names: tuple[str, ...], state: rs.State | None) -> None:
         self.names = names
-        self.scored, self.correct = (state.scored, state.correct) if state else (0, 0)
+        n = len(names)
+        saved = state.confusion if state is not None and len(state.confusion) == n else None
+        self.matrix = np.array(saved, dtype=np.int64) if saved else np.zeros((n, n), dtype=np.int64)
         self.unlabelled = 0  # this run only
         self.unusable = 0
         self.first_unusable = ""
+
+    @property
+    def scored(self) -> int:
+        return int(self.matrix.sum())
 
     def add(self, res: Result, source: str) -> None:
         raw = res.record.label
@@ -202,14 +221,14 @@ class Score:
             self.unusable += 1
             self.first_unusable = self.first_unusable or f"{source}: line {res.record.line}: {why}"
             return
-        self.scored += 1
-        self.correct += int(res.probs.argmax()) == gold
+        self.matrix[gold, int(res.probs.argmax())] += 1
 
     def summary(self, field: str, resumed: bool) -> str:
         if not self.scored:
             msg = f"no record had a usable {field!r} to score against"
         else:
-            msg = f"accuracy {100 * self.correct / self.scored:.2f} % ({self.correct:,} of {self.scored:,} labelled records)"
+            correct = int(np.trace(self.matrix))
+            msg = f"accuracy {100 * correct / self.scored:.2f} % ({correct:,} of {self.scored:,} labelled records)"
         since = " (since the resume)" if resumed else ""
         if self.unlabelled:
             msg += f"; {self.unlabelled:,} without {field!r}{since}, not scored"
@@ -342,7 +361,7 @@ def _classify(job: Job, args: argparse.Namespace, t0: float) -> int:
         state.out_part, state.out_bytes, state.out_sha256 = out.part.name, out.size, out.hasher.hexdigest()
         state.err_part = err.part.name if err.started and err.part is not None else ""
         state.err_bytes, state.err_sha256 = err.size, err.hasher.hexdigest()
-        state.scored, state.correct = score.scored, score.correct
+        state.confusion = score.matrix.tolist()
         rs.save_state(job.output.path, state)
 
     try:
@@ -486,6 +505,12 @@ def _report(job: Job, before: Tally, run: Tally, score: Score, t0: float, max_le
               f"{total.truncated}", file=sys.stderr)
     if job.reader.label_field:
         print(f"pcv-batch: {score.summary(job.reader.label_field, resumed=resumed)}", file=sys.stderr)
+        if score.scored:
+            rep = report(score.matrix, score.names)
+            print(format_report(rep), file=sys.stderr)
+            if job.metrics:
+                write_report(rep, job.metrics)
+                print(f"pcv-batch: per-class metrics in {job.metrics}", file=sys.stderr)
     return EXIT_SOME_FAILED if total.failed else EXIT_OK
 
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import PcvError
@@ -59,8 +59,7 @@ class State:
     classified: int = 0
     failed: int = 0
     truncated: int = 0
-    scored: int = 0  # with --label-field: records scored against their label so far, and those right
-    correct: int = 0
+    confusion: list = field(default_factory=list)  # with --label-field: (C, C) counts so far, row = true label
     out_part: str = ""  # the staged files' names, in their outputs' folders ("" before the first line)
     err_part: str = ""
     out_bytes: int = 0  # committed bytes of each, and their sha256
@@ -71,7 +70,7 @@ class State:
     version: int = STATE_VERSION
 
 
-_COUNTS = ("records", "classified", "failed", "truncated", "scored", "correct", "out_bytes", "err_bytes")
+_COUNTS = ("records", "classified", "failed", "truncated", "out_bytes", "err_bytes")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -86,8 +85,12 @@ def _validate(d: object, output: Path, error_name: str) -> State:
     for k in _COUNTS:
         if type(d[k]) is not int or not 0 <= d[k] < 2**62:
             raise ValueError(f"{k} = {d[k]!r} is not a count")
-    if d["classified"] + d["failed"] != d["records"] or d["correct"] > d["scored"] or d["truncated"] > d["classified"]:
+    if d["classified"] + d["failed"] != d["records"] or d["truncated"] > d["classified"]:
         raise ValueError("the counts do not add up")
+    m = d["confusion"]
+    if not isinstance(m, list) or not all(isinstance(r, list) and len(r) == len(m) for r in m) \
+            or not all(type(v) is int and v >= 0 for r in m for v in r) or sum(map(sum, m)) > d["classified"]:
+        raise ValueError("confusion is not a square matrix of counts within the records classified")
     for k in ("out_sha256", "err_sha256"):
         if not isinstance(d[k], str) or not _HEX64.fullmatch(d[k]):
             raise ValueError(f"{k} is not a sha256")

@@ -40,6 +40,8 @@ def test_bundled_model_by_default():
     clf = TextClassifier()
     texts = ["A lovely, moving film. Wonderful acting, I loved it.", "The worst film I have seen: dull and badly acted."]
     assert clf.predict(texts) == ["pos", "neg"]
+    one = clf(texts[0])  # a single string is one text, as in a transformers pipeline
+    assert len(one) == 1 and one[0]["label"] == "pos" and clf.predict_proba(texts[1]).shape == (1, 2)
 
 
 @pytest.mark.parametrize("long_text", ["head", "head-tail"])

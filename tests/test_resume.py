@@ -73,16 +73,16 @@ def test_resumed_run_scores_the_whole_file(tmp_path, review_texts, reviews, tiny
     src.write_text("".join(json.dumps({"id": i, "text": r["text"], "label": r["label"]}) + "\n"
                            for i, r in enumerate(reviews[:60])))
     assert _run(src, tmp_path / "full.jsonl", tiny_dir, "--label-field", "label") == 0
-    want = [line for line in capsys.readouterr().err.splitlines() if "accuracy" in line]
+    want = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pcv-batch: accuracy")]
     out = tmp_path / "part.jsonl"
     with _interrupted_at_run(9, monkeypatch):
         assert _run(src, out, tiny_dir, "--label-field", "label") == 130
     capsys.readouterr()
-    assert 0 < json.loads((tmp_path / "part.jsonl.pcv-state.json").read_text())["scored"] < 60
+    assert 0 < sum(map(sum, json.loads((tmp_path / "part.jsonl.pcv-state.json").read_text())["confusion"])) < 60
     assert _run(src, out, tiny_dir, "--label-field", "label", "--resume") == 0
     err = capsys.readouterr().err
     assert len(want) == 1 and "of 60 labelled records" in want[0]
-    assert "resuming after" in err and [line for line in err.splitlines() if "accuracy" in line] == want
+    assert "resuming after" in err and [line for line in err.splitlines() if line.startswith("pcv-batch: accuracy")] == want
     assert _run(src, out, tiny_dir, "--resume") == 2  # scored before: a resume without the field is refused
     assert "options differ" in capsys.readouterr().err
 
