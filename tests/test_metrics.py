@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from pcv.runtime.cli import main
 from pcv.runtime.metrics import confusion, format_report, report
 
