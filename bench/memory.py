@@ -81,10 +81,15 @@ def _run_one(model: Path, src: Path, out: Path, n: int, extra: tuple[str, ...]) 
             status, usage = waited[1], waited[2]
             break
         time.sleep(0.25)
-        if out.exists():
-            with open(out, "rb") as f:
-                f.seek(pos)
-                chunk = f.read()
+        # pcv-batch stages its output beside OUT (OUT.pcv-XXXXXXXX.part) until the job is done
+        staged = next(iter(out.parent.glob(out.name + ".pcv-*.part")), None)
+        if staged is not None:
+            try:
+                with open(staged, "rb") as f:
+                    f.seek(pos)
+                    chunk = f.read()
+            except FileNotFoundError:  # renamed into place between the glob and the open
+                continue
             pos += len(chunk)
             lines += chunk.count(b"\n")
             samples.append((time.perf_counter() - t0, lines))

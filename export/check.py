@@ -53,7 +53,8 @@ def labelled_texts(model, data: str, *, text_field: str, label_field: str, limit
                    ) -> tuple[list[str], npt.NDArray[np.int64]]:
     """The texts of a labelled file and their labels as the model's ids (names from its id2label)."""
     names = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
-    return read_labelled((data,), names=names, text_field=text_field, label_field=label_field, limit=limit)
+    texts, labels, _ = read_labelled((data,), names=names, text_field=text_field, label_field=label_field, limit=limit)
+    return texts, labels
 
 
 def _batches(texts: list[str], max_length: int, batch_size: int) -> list[Batch]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from pcv.runtime.errors import ModelError
 from transformers import PerceiverConfig, PerceiverForSequenceClassification
+
+from .sizes import ModelSize
 
 IMDB_LABELS = {0: "neg", 1: "pos"}
 
@@ -60,21 +61,6 @@ def check_config(path: Path) -> dict:
     if (n := estimate_params(cfg)) > MAX_PARAMS:
         raise ModelError(f"{path}: this config describes ~{n / 1e9:.0f}B parameters (limit {MAX_PARAMS / 1e9:.0f}B); refusing to build it")
     return cfg
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelSize:
-    num_latents: int = 256  # latents = the bottleneck; 2048 bytes / 256 latents = 8-byte patches
-    d_latents: int = 256  # width of the latent stream (self-attention)
-    d_model: int = 256  # width of byte + position embeddings
-    num_layers: int = 6  # latent self-attention layers
-    self_heads: int = 8
-    cross_heads: int = 8  # with the patch init, one head per byte of a patch
-    max_length: int = 2048  # position embeddings = longest input in bytes (with specials)
-    qk_channels: int | None = None  # None = transformers' default (d_latents)
-    v_channels: int | None = None
-    cross_widening: int = 1  # MLP width after the cross-attention, in multiples of d_latents
-    self_widening: int = 1  # MLP width in the latent self-attention layers
 
 
 # ModelSize field -> PerceiverConfig key: one table for build_config and its inverse, model_size

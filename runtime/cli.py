@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -27,10 +28,11 @@ from . import resume as rs
 from .api import TextClassifier
 from .console import console_script, describe_os_error, show_defaults
 from .errors import InputError, PcvError
+from .formats import FORMATS, convert, output_format
 from .metrics import format_report, report, write_report
-from .outputs import LineSink, OutputLock, Target, check_distinct, remove_stale, target
+from .outputs import LineSink, OutputLock, Target, check_distinct, fsync_dir, new_part_name, remove_stale, target
 from .pipeline import LONG_TEXT, Result, classify_records
-from .readers import FieldNotFoundError, ReaderConfig, Record, check_input_path, detect_format, is_stream, label_index, read_records
+from .readers import FieldNotFoundError, ReaderConfig, ReadProgress, Record, check_input_path, detect_format, is_stream, label_index, read_records
 from .writer import error_line, prediction_line
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -79,7 +81,11 @@ def _parser() -> argparse.ArgumentParser:
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL/CSV/TXT files (.gz ok), or - for stdin")
     p.add_argument("-o", "--output", default="-", help="predictions JSONL (default: - , stdout)")
-    p.add_argument("--errors", help="errors JSONL (default: OUTPUT.errors.jsonl, or pcv-errors.jsonl for stdout)")
+    p.add_argument("--output-format", choices=FORMATS,
+                   help="jsonl, csv or parquet (default: from -o's suffix, else jsonl); csv and parquet are written "
+                        "once the job is done (staged as JSON lines until then), parquet needs pyarrow")
+    p.add_argument("--errors", help="errors JSONL (default: OUTPUT.errors.jsonl; for stdout or a device, "
+                   "pcv-errors-DATE-TIME-PID.jsonl in the working directory, made only when a record fails)")
     p.add_argument("--model", help="an .onnx file or a dir holding model.onnx (default: the bundled IMDB model)")
     p.add_argument("--provider", default="auto", help="auto | cpu | cuda | tensorrt (default: auto)")
     p.add_argument("--threads", type=_threads, help="onnxruntime intra-op threads per run (default: 1 on cpu, all on gpu)")
@@ -125,6 +131,7 @@ class Job:
     quiet: bool
     argv: tuple[str, ...]  # to print the resume command
     metrics: str | None = None  # --metrics FILE.json
+    out_format: str = "jsonl"  # of the published output (formats.FORMATS)
 
     @property
     def durable(self) -> bool:
@@ -148,7 +155,13 @@ def _job(args: argparse.Namespace, argv: list[str]) -> Job:
     for path in args.inputs:  # fail early on a missing file or unknown format, before loading the model
         detect_format(path, args.format)
         check_input_path(path)
-    errors = args.errors or (f"{args.output}.errors.jsonl" if args.output != "-" else "pcv-errors.jsonl")
+    output = target(args.output, "-o")
+    if args.errors == "-":
+        raise InputError("--errors -: error records would mix with the predictions; name a file")
+    # A stream output (stdout, a device, a FIFO) has no folder of its own: its errors go to a file of
+    # this run's own in the working directory, made only when a record fails.
+    errors = args.errors or (f"{args.output}.errors.jsonl" if not output.stream else
+                             f"pcv-errors-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl")
     reader = ReaderConfig(text_field=args.text_field, id_field=args.id_field or None, format=args.format,
                           max_line_bytes=args.max_line_bytes, label_field=args.label_field, label_required=False,
                           probe_text_field=TEXT_FIELD_PROBE)
@@ -156,8 +169,9 @@ def _job(args: argparse.Namespace, argv: list[str]) -> Job:
         raise InputError("--metrics needs --label-field: the per-class figures compare predictions with the file's labels")
     if args.metrics:
         target(args.metrics, "--metrics")  # a directory, or a parent that is a file: say so now
-    return Job(tuple(args.inputs), target(args.output, "-o"), target(errors, "--errors"), args.model, reader,
-               args.resume, args.quiet, tuple(argv), args.metrics)
+    out_format = output_format(args.output, args.output_format, output.stream)
+    return Job(tuple(args.inputs), output, target(errors, "--errors"), args.model, reader,
+               args.resume, args.quiet, tuple(argv), args.metrics, out_format)
 
 
 def _resume_options(job: Job, args: argparse.Namespace, batch_size: int) -> dict:
@@ -170,6 +184,8 @@ def _resume_options(job: Job, args: argparse.Namespace, batch_size: int) -> dict
         options["shifts"] = list(args.shifts)
     if args.label_field:  # the score carries over a resume (State.confusion): same field only
         options["label_field"] = args.label_field
+    if job.out_format != "jsonl":
+        options["output_format"] = job.out_format
     return options
 
 
@@ -188,9 +204,10 @@ def _check_outputs(job: Job, model_path: str) -> list[OutputLock]:
     return [OutputLock(t.path, t.role) for t in (job.output, job.errors) if not t.stream]
 
 
-def _all_records(inputs: tuple[str, ...], rc: ReaderConfig) -> Iterator[tuple[str, Record]]:
+def _all_records(inputs: tuple[str, ...], rc: ReaderConfig, progress: ReadProgress | None = None
+                 ) -> Iterator[tuple[str, Record]]:
     for path in inputs:
-        for rec in read_records(path, rc):
+        for rec in read_records(path, rc, progress):
             yield path, rec
 
 
@@ -285,10 +302,12 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.write("pcv-batch: stdout was closed by its reader; not every prediction was written\n")
             return EXIT_BROKEN_PIPE
         except OSError as e:
-            hint = ""
-            if job is not None and job.durable and rs.state_path(job.output.path).exists():
+            hint = where = ""
+            if job is not None and job.durable and rs.state_path(job.output.path).is_file():
                 hint = job.resume_hint()
-            print(f"pcv-batch: error: {describe_os_error(e)}{hint}", file=sys.stderr)
+            if e.filename is None and job is not None:  # a failed write names no file: the outputs are where it wrote
+                where = f" (writing {job.output.given} or its errors file)"
+            print(f"pcv-batch: error: {describe_os_error(e)}{where}{hint}", file=sys.stderr)
             return EXIT_USAGE
 
 
@@ -304,6 +323,8 @@ def _run(job: Job, args: argparse.Namespace) -> int:
         for lock in locks:
             lock.acquire()
             stack.callback(lock.release)
+        if not job.output.stream:
+            rs.remove_stale_tmp(job.output.path)  # state files a killed run was writing
         if not job.durable and (job.output.given != "-" if job.output.stream else "-" not in job.inputs):
             # a named device, FIFO or stream input (stdin and stdout go without saying)
             print(f"pcv-batch: {job.why_not_durable()}: not resumable", file=sys.stderr)
@@ -339,9 +360,9 @@ def _classify(job: Job, args: argparse.Namespace, t0: float) -> int:
     state, hashers = None, (None, None)
     if job.durable:
         fp = rs.fingerprint(list(job.inputs), tc.path, _resume_options(job, args, engine.batch_size))
-        state, hashers = _start_state(job, fp)
+        state, hashers = _start_state(job, fp, tc.path)
         if state.complete:
-            return _finish_complete(job, state)
+            return _finish_complete(job, state, tc.labels)
     before = Tally(state.classified, state.failed, state.truncated) if state else Tally()
     out = LineSink(job.output, part=(state.out_part or None) if state else None,
                    size=state.out_bytes if state else 0, hasher=hashers[0])
@@ -370,10 +391,14 @@ def _classify(job: Job, args: argparse.Namespace, t0: float) -> int:
         n_read = _classify_stream(job, clf, cfg, skip, out, err, run, score, commit if state else None, info.id2label)
         if state is not None:
             commit(n_read, complete=True)  # complete first: a kill before the renames is finished by --resume
-        out.publish()
+        if job.out_format == "jsonl":
+            out.publish()
+        else:
+            out.close()
+            _publish_converted(job, out.part, tc.labels, state)
         if err.started:
             err.publish()
-        elif remove_stale(job.errors):
+        elif not job.output.stream and remove_stale(job.errors):
             print(f"pcv-batch: removed {job.errors.given}, the errors of an earlier run (this one had none)",
                   file=sys.stderr)
     except BaseException as e:
@@ -390,7 +415,7 @@ def _classify(job: Job, args: argparse.Namespace, t0: float) -> int:
     return _report(job, before, run, score, t0, info.max_length)
 
 
-def _start_state(job: Job, fp: dict) -> tuple[rs.State, tuple]:
+def _start_state(job: Job, fp: dict, model_path: Path) -> tuple[rs.State, tuple]:
     """The state to go on from: a verified interrupted job (--resume), or a fresh one."""
     out_dir, err_dir = job.output.path.parent, job.errors.path.parent
     if job.resume:
@@ -401,8 +426,8 @@ def _start_state(job: Job, fp: dict) -> tuple[rs.State, tuple]:
             rs.check_resumable(state, fp, job.output.given)
             if state.complete:
                 return state, (None, None)
-            ho = _verified(out_dir, state.out_part, state.out_bytes, state.out_sha256, "staged predictions")
-            he = _verified(err_dir, state.err_part, state.err_bytes, state.err_sha256, "staged errors")
+            ho = _verified(out_dir, state.out_part, state.out_bytes, state.out_sha256, "staged predictions", state.classified)
+            he = _verified(err_dir, state.err_part, state.err_bytes, state.err_sha256, "staged errors", state.failed)
             print(f"pcv-batch: resuming after {state.records:,} records "
                   f"({state.classified:,} classified, {state.failed:,} failed)", file=sys.stderr)
             return state, (ho, he)
@@ -413,35 +438,81 @@ def _start_state(job: Job, fp: dict) -> tuple[rs.State, tuple]:
             old = None  # a damaged state is replaced; the files it names cannot be trusted, so they stay
         if old is not None:  # a fresh run never mixes with an earlier run's staged files
             for folder, part in ((out_dir, old.out_part), (err_dir, old.err_part)):
-                if part:
-                    (folder / part).unlink(missing_ok=True)
+                if part and (folder / part).is_file():
+                    check_distinct([("a staged file of the earlier run", folder / part)],
+                                   [("input", p) for p in job.inputs] + [("--model", str(model_path))])
+                    (folder / part).unlink()
     return rs.State(fingerprint=fp), (None, None)
 
 
-def _verified(folder, part: str, size: int, sha256: str, what: str):
+def _verified(folder, part: str, size: int, sha256: str, what: str, lines: int):
     if not part:
-        if size:
+        if size or lines:
             raise PcvError(f"{folder}: the resume state counts {size:,} bytes of {what} but names no file; "
                            f"rerun without --resume to start again")
         return None
-    return rs.verify_prefix(folder / part, size, sha256, what)
+    return rs.verify_prefix(folder / part, size, sha256, what, lines)
 
 
-def _finish_complete(job: Job, state: rs.State) -> int:
+def _publish_converted(job: Job, part: Path, labels: tuple[str, ...], state: rs.State | None) -> None:
+    """CSV or Parquet: the staged JSON lines converted beside the output, renamed over it, then the
+    staged file removed (the state keeps the converted file's digest for a later --resume)."""
+    tgt = job.output
+    conv = tgt.path.parent / f"{new_part_name(tgt.path)[:-5]}.conv"
+    try:
+        convert(part, conv, job.out_format, labels, multi=len(job.inputs) > 1)
+        os.replace(conv, tgt.path)
+        fsync_dir(tgt.path.parent)
+    finally:
+        conv.unlink(missing_ok=True)
+    if state is not None:
+        state.final_sha256 = rs.file_sha256(tgt.path).hexdigest()
+        rs.save_state(tgt.path, state)
+    part.unlink(missing_ok=True)
+
+
+def n_records(job: Job) -> int:
+    """The records of the inputs (read, not classified): what a complete job must have consumed."""
+    return sum(1 for _ in _all_records(job.inputs, job.reader))
+
+
+def _finish_complete(job: Job, state: rs.State, labels: tuple[str, ...] = ()) -> int:
     """--resume of a finished job: check its files (and do the renames a kill may have cut short)."""
-    for tgt, part, size, sha, what in ((job.output, state.out_part, state.out_bytes, state.out_sha256, "predictions"),
-                                       (job.errors, state.err_part, state.err_bytes, state.err_sha256, "errors")):
+    for tgt, part, size, sha, what, lines in (
+            (job.output, state.out_part, state.out_bytes, state.out_sha256, "predictions", state.classified),
+            (job.errors, state.err_part, state.err_bytes, state.err_sha256, "errors", state.failed)):
         if not part:
             continue
+        if tgt is job.output and job.out_format != "jsonl":
+            staged = tgt.path.parent / part
+            if state.final_sha256 and tgt.path.is_file() and rs.file_sha256(tgt.path).hexdigest() == state.final_sha256:
+                staged.unlink(missing_ok=True)
+                continue
+            if staged.is_file() and rs.verify_whole(staged, size, sha, lines) and n_records(job) == state.records:
+                _publish_converted(job, staged, labels, state)  # a kill came between the state and the conversion
+                continue
+            raise PcvError(f"{tgt.given}: the job was complete, but its {what} file is missing or changed since; "
+                           f"rerun without --resume to classify again")
         staged = tgt.path.parent / part
-        if staged.is_file() and rs.verify_whole(staged, size, sha, what):
+        if staged.is_file() and rs.verify_whole(staged, size, sha, lines):
+            if (have := n_records(job)) != state.records:
+                raise PcvError(f"{job.output.given}: the resume state says the job is complete after {state.records:,} "
+                               f"records, but the inputs hold {have:,}; rerun without --resume to start again")
             os.replace(staged, tgt.path)
-        if not rs.verify_whole(tgt.path, size, sha, what):
+        if not rs.verify_whole(tgt.path, size, sha, lines):
             raise PcvError(f"{tgt.given}: the job was complete, but its {what} file is missing or changed since "
                            f"(not the {size:,} bytes it wrote); rerun without --resume to classify again")
     print(f"pcv-batch: {job.output.given} is already complete ({state.records:,} records: {state.classified:,} "
           f"classified, {state.failed:,} failed" + (f", errors in {job.errors.given}" if state.failed else "") + ")",
           file=sys.stderr)
+    if job.reader.label_field and state.confusion:
+        score = Score(tuple(f"{i}" for i in range(len(state.confusion))), state)
+        score.names = labels or score.names
+        print(f"pcv-batch: {score.summary(job.reader.label_field, resumed=False)}", file=sys.stderr)
+        rep = report(score.matrix, score.names)
+        print(format_report(rep), file=sys.stderr)
+        if job.metrics:
+            write_report(rep, job.metrics)
     return EXIT_SOME_FAILED if state.failed else EXIT_OK
 
 
@@ -450,7 +521,8 @@ def _classify_stream(job: Job, clf, cfg, skip: int, out: LineSink, err: LineSink
     """Classify every record after the first `skip`, writing lines and committing after each window;
     returns the records read."""
     multi = len(job.inputs) > 1
-    pairs = _all_records(job.inputs, job.reader)
+    progress = ReadProgress()
+    pairs = _all_records(job.inputs, job.reader, progress)
     # The pipeline sees plain records; the source path travels in a parallel FIFO of the same order
     # (popped as results come out, so it holds at most the records in flight).
     sources: collections.deque[str] = collections.deque()
@@ -467,7 +539,10 @@ def _classify_stream(job: Job, clf, cfg, skip: int, out: LineSink, err: LineSink
     if not job.quiet and sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(unit="rec", file=sys.stderr, desc="pcv-batch", mininterval=0.5)
+        # bytes read of the inputs' total size (an ETA), records in the postfix; streams have no size
+        total = None if any(is_stream(p) for p in job.inputs) else sum(os.path.getsize(p) for p in job.inputs)
+        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc="pcv-batch",
+                   mininterval=0.5)
     try:
         for k, res in enumerate(classify_records(records(), clf, cfg)):
             src = sources.popleft()
@@ -480,12 +555,15 @@ def _classify_stream(job: Job, clf, cfg, skip: int, out: LineSink, err: LineSink
                 run.truncated += res.truncated
                 if job.reader.label_field:
                     score.add(res, src)
-            if bar is not None:
-                bar.update(1)
+            if bar is not None and (k % 64 == 0 or res.probs is None):
+                bar.update(max(0, progress.bytes - bar.n))
+                bar.set_postfix(records=f"{skip + k + 1:,}", refresh=False)
             if commit is not None and (k + 1) % cfg.window == 0:
                 commit(k + 1)
     finally:
         if bar is not None:
+            bar.update(max(0, progress.bytes - bar.n))
+            bar.set_postfix(records=f"{skip + n_read:,}", refresh=False)
             bar.close()
     return n_read
 

@@ -23,7 +23,7 @@ def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction)):
             continue
         text = action.help or ""
-        if "default" not in text:
+        if "default" not in text.lower():
             value = ",".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default
             action.help = f"{text} (default: {str(value).replace('%', '%%')})".strip()
     return parser

@@ -84,25 +84,33 @@ def target(given: str, role: str) -> Target:
     return Target(given, path, False, role)
 
 
-def _identity(path: str | Path) -> tuple[str, tuple[int, int] | None]:
+def _identity(path: str | Path, fd: int | None = None) -> tuple[str | None, tuple[int, int] | None]:
+    """(resolved path, (device, inode)) of a path, or of an open descriptor (stdin/stdout as "-").
+    A character device (a terminal, /dev/null) has no identity here: reading and writing one
+    destroys nothing."""
     try:
-        st = os.stat(path)
-        ino = (st.st_dev, st.st_ino)
+        st = os.fstat(fd) if fd is not None else os.stat(path)
     except OSError:
-        ino = None
-    return os.path.realpath(path), ino
+        st = None
+    if st is not None and stat.S_ISCHR(st.st_mode):
+        return None, None
+    return (None if fd is not None else os.path.realpath(path)), (st.st_dev, st.st_ino) if st else None
 
 
 def check_distinct(writes: list[tuple[str, str | Path]], reads: list[tuple[str, str | Path]]) -> None:
     """No output may be an input, the model, or another output: same resolved path or same
-    (device, inode), hard links and symlinks included. Names are (what, path) pairs."""
-    named = [(what, str(p), _identity(p)) for what, p in writes + reads if str(p) != "-"]
-    n_writes = sum(str(p) != "-" for _, p in writes)
-    for i in range(n_writes):
+    (device, inode), hard links, symlinks and a redirected stdout/stdin ("-") included; the null
+    device may take several outputs (a character device is never an input's file). Names are (what, path) pairs."""
+    named = [(what, str(p), _identity(p, 1 if str(p) == "-" else None)) for what, p in writes]
+    named += [(what, str(p), _identity(p, 0 if str(p) == "-" else None)) for what, p in reads]
+    for i in range(len(writes)):
         what_a, a, (real_a, ino_a) = named[i]
-        for what_b, b, (real_b, ino_b) in named[i + 1:]:
-            if real_a == real_b or (ino_a is not None and ino_a == ino_b):
-                raise OutputError(f"{what_a} {a} is the same file as {what_b} {b}; name another output "
+        for k, (what_b, b, (real_b, ino_b)) in enumerate(named[i + 1:], start=i + 1):
+            same = (real_a is not None and real_a == real_b) or (ino_a is not None and ino_a == ino_b)
+            if same:
+                a_name = "stdout" if a == "-" else a
+                b_name = ("stdin" if k >= len(writes) else "stdout") if b == "-" else b
+                raise OutputError(f"{what_a} {a_name} is the same file as {what_b} {b_name}; name another output "
                                   f"(nothing was written)")
 
 
@@ -133,9 +141,14 @@ class OutputLock:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:
+            self.release()
+            e.filename = e.filename or str(self.path)
+            raise
 
     def release(self) -> None:
         if self.fd is None:
@@ -172,17 +185,19 @@ class LineSink:
         self.part = None if tgt.stream else tgt.path.parent / (part or new_part_name(tgt.path))
         self.size = size
         self.hasher = hasher or hashlib.sha256()
-        self.resumed = size > 0
+        self.resumed = part is not None  # a part named by the resume state: continued, even at 0 bytes
         self._f: IO[bytes] | None = None
         if not lazy:
             self._open()
 
     @property
     def started(self) -> bool:
-        return self._f is not None or self.resumed
+        return self._f is not None or self.size > 0
 
     def _open(self) -> None:
         if self.target.given == "-":
+            if sys.stdout is None:
+                raise OutputError("stdout is closed; name an output file with -o")
             self._f = sys.stdout.buffer
         elif self.target.stream:
             self._f = open(self.target.given, "ab")  # append: /dev/stdout redirected to a file is not truncated

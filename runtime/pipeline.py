@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from .errors import ConfigError
 from .readers import Record
 from .session import OnnxClassifier, softmax
 from .tokenizer import PerceiverByteTokenizer
+
+DRAIN_SECONDS = 2.0  # how long an ending run waits for its reader thread
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,7 +177,10 @@ def classify_records(records: Iterable[Record], clf: OnnxClassifier, cfg: Pipeli
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         stop.set()
-        while worker.is_alive():  # drain so the producer can finish
+        # Drain so the producer can finish; a producer blocked on its input (a FIFO nobody writes, a
+        # line that never ends) is left behind, a daemon thread, so that a signal still ends the run.
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while worker.is_alive() and time.monotonic() < deadline:
             try:
                 q.get_nowait()
             except queue.Empty:

@@ -127,9 +127,6 @@ def _binary_lines(stream: IO[bytes], path: str, limit: int) -> Iterator[tuple[in
     try:
         while raw := stream.readline(limit + 1):
             line += 1
-            if line == 1 and raw.startswith(b"\x1f\x8b") and not path.endswith(".gz"):
-                yield line, None, f"{path}: the file is gzip-compressed but not named .gz; rename it to {path}.gz", True
-                return
             if len(raw) > limit and not raw.endswith(b"\n"):
                 n = len(raw)
                 while (chunk := stream.readline(2**20)) and not chunk.endswith(b"\n"):
@@ -223,12 +220,13 @@ class _FieldProbe:
 
     def end(self) -> None:
         if self.armed and self.missing:
-            self.fail(f"none of its {self.missing:,} records" if self.missing > 1 else "its one record")
+            self.fail(f"none of its {self.missing:,} records" if self.missing > 1 else "its only record")
 
     def fail(self, which: str) -> None:
         seen = ", ".join(f"{k!r} ({n:,})" for k, n in self.keys.most_common(12)) or "none"
-        raise FieldNotFoundError(f"{self.path}: {which} has the field {self.field!r} (keys seen: {seen}); "
-                         f"pass --text-field with the key that holds the text")
+        has = "lacks" if which == "its only record" else "has"
+        raise FieldNotFoundError(f"{self.path}: {which} {has} the field {self.field!r} (keys seen: {seen}); "
+                                 f"pass --text-field with the key that holds the text")
 
 
 def read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record]:
@@ -298,7 +296,7 @@ def read_csv(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record
     # surrogateescape keeps invalid bytes visible so one bad row does not stop the file.
     text_stream = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
     csv.field_size_limit(cfg.max_line_bytes)  # a longer field is one bad row; the csv module skips its line
-    reader = csv.reader(text_stream)
+    reader = csv.reader(text_stream, strict=True)  # an unbalanced quote is an error, never records swallowed in silence
     try:
         header = next(reader)
     except StopIteration:
@@ -323,7 +321,9 @@ def read_csv(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record
             return
         except csv.Error as e:
             line = prev_end + 1
-            yield Record(line, line, None, error=f"invalid CSV: {e}")
+            span = f" (lines {line}-{reader.line_num}: a quote opened there runs on; no record in them was read)" \
+                if reader.line_num > line else ""
+            yield Record(line, line, None, error=f"invalid CSV: {e}{span}")
             prev_end = reader.line_num
             continue
         except (EOFError, OSError) as e:
@@ -353,41 +353,105 @@ READERS: dict[str, Callable[[IO[bytes], str, ReaderConfig], Iterator[Record]]] =
 _SUFFIXES = {"jsonl": "jsonl", "ndjson": "jsonl", "json": "jsonl", "csv": "csv", "txt": "txt", "text": "txt"}
 
 
-def read_records(path: str, cfg: ReaderConfig = ReaderConfig()) -> Iterator[Record]:
-    """Stream the records of one file ('-' for stdin).
+@dataclass
+class ReadProgress:
+    """How far the readers got: bytes of the input files read so far (compressed bytes for .gz)."""
+
+    done: int = 0  # bytes of the files finished
+    current: Any = None  # the raw file being read (its tell() is the position)
+
+    @property
+    def bytes(self) -> int:
+        try:
+            return self.done + (self.current.tell() if self.current is not None else 0)
+        except (OSError, ValueError):
+            return self.done
+
+
+def read_records(path: str, cfg: ReaderConfig = ReaderConfig(), progress: ReadProgress | None = None) -> Iterator[Record]:
+    """Stream the records of one file ('-' for stdin); `progress` follows the bytes read.
 
     >>> for rec in read_records("reviews.jsonl"):  # doctest: +SKIP
     ...     print(rec.line, rec.text or rec.error)
     """
     fmt = detect_format(path, cfg.format)
     stream = _open_binary(path)
+    if progress is not None and stream is not sys.stdin.buffer:
+        progress.current = getattr(stream, "fileobj", None) or stream  # a GzipFile's compressed file
     try:
+        if (bad := _whole_file_problem(stream, path)) is not None:
+            yield Record(1, 1, None, error=bad)  # one error for the file, not one per line of garbage
+            return
         yield from READERS[fmt](stream, path, cfg)
     finally:
+        if progress is not None and progress.current is not None:
+            progress.done, progress.current = progress.done + os.path.getsize(path), None
         if stream is not sys.stdin.buffer:
             stream.close()
 
 
-def read_labelled(paths: Sequence[str], *, names: Sequence[str], text_field: str = "text", label_field: str = "label",
-                  limit: int | None = None) -> tuple[list[str], Any]:
-    """The texts of labelled files and their labels as ids into `names` (labels given as ids or names).
-    A bad record is an InputError naming file, line and field: training and scoring data must be clean."""
+def _whole_file_problem(stream: IO[bytes], path: str) -> str | None:
+    """A file that is not UTF-8 text at all, told from its first bytes: UTF-16, or gzip without .gz."""
+    try:
+        head = stream.peek(4)[:4] if hasattr(stream, "peek") else b""  # type: ignore[attr-defined]
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return None  # the format reader reports the damage with its line
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return (f"{path}: the file is UTF-16 (it starts with a UTF-16 byte-order mark); convert it to UTF-8: "
+                f"iconv -f UTF-16 -t UTF-8")
+    if head.startswith(b"\x1f\x8b") and not path.endswith(".gz"):
+        return f"{path}: the file is gzip-compressed but not named .gz; rename it to {path}.gz"
+    return None
+
+
+def _label_key(raw: Any) -> str | None:
+    """A label value as the name it stands for: strings as they are, integers as their digits."""
+    if isinstance(raw, bool) or raw is None:
+        return None
+    if isinstance(raw, int):
+        return str(raw)
+    if isinstance(raw, str) and raw.strip():
+        return raw.strip().lstrip("+") if raw.strip().lstrip("+-").isdigit() else raw
+    return None
+
+
+def read_labelled(paths: Sequence[str], *, names: Sequence[str] | None = None, text_field: str = "text",
+                  label_field: str = "label", limit: int | None = None) -> tuple[list[str], Any, tuple[str, ...]]:
+    """The texts of labelled files, their labels as ids, and the label names.
+
+    With `names`, labels are ids 0..C-1 or those names. Without, the names are read from the data:
+    its distinct labels, sorted (numerically when all are integers). A bad record is an InputError
+    naming file, line and field: training and scoring data must be clean."""
     import numpy as np
 
     texts: list[str] = []
-    labels: list[int] = []
+    raw: list[Any] = []
     rc = ReaderConfig(text_field=text_field, label_field=label_field, id_field=None)
     for path in paths:
         for rec in read_records(path, rc):
             if rec.error:
                 raise InputError(f"{path}: line {rec.line}: {rec.error}")
-            gold, why = label_index(rec.label, names)
-            if gold is None:
-                raise InputError(f"{path}: line {rec.line}: field {label_field!r}: {why} (set the label names with --labels)")
+            if names is not None:
+                gold, why = label_index(rec.label, names)
+                if gold is None:
+                    raise InputError(f"{path}: line {rec.line}: field {label_field!r}: {why}; --labels sets the names")
+                raw.append(gold)
+            else:
+                key = _label_key(rec.label)
+                if key is None:
+                    raise InputError(f"{path}: line {rec.line}: field {label_field!r} = {rec.label!r} is not a label "
+                                     f"(a name or an integer)")
+                raw.append(key)
             texts.append(rec.text)  # type: ignore[arg-type]
-            labels.append(gold)
             if limit and len(texts) >= limit:
-                return texts, np.array(labels, dtype=np.int64)
+                break
+        if limit and len(texts) >= limit:
+            break
     if not texts:
         raise InputError(f"{', '.join(paths)}: no labelled records")
-    return texts, np.array(labels, dtype=np.int64)
+    if names is not None:
+        return texts, np.array(raw, dtype=np.int64), tuple(names)
+    found = set(raw)
+    order = sorted(found, key=int) if all(k.lstrip("-").isdigit() for k in found) else sorted(found)
+    index = {k: i for i, k in enumerate(order)}
+    return texts, np.array([index[k] for k in raw], dtype=np.int64), tuple(order)

@@ -31,7 +31,12 @@ def state_path(output: Path) -> Path:
 
 def file_sha256(path: str | Path, limit: int | None = None) -> hashlib._Hash:
     """sha256 of a file's first `limit` bytes (all when None), as a hasher that can go on."""
+    return _digest_and_lines(path, limit)[0]
+
+
+def _digest_and_lines(path: str | Path, limit: int | None = None) -> tuple[hashlib._Hash, int]:
     h = hashlib.sha256()
+    lines = 0
     left = limit
     with open(path, "rb") as f:
         while left is None or left > 0:
@@ -39,9 +44,10 @@ def file_sha256(path: str | Path, limit: int | None = None) -> hashlib._Hash:
             if not chunk:
                 break
             h.update(chunk)
+            lines += chunk.count(b"\n")
             if left is not None:
                 left -= len(chunk)
-    return h
+    return h, lines
 
 
 def fingerprint(inputs: list[str], model: Path, options: dict) -> dict:
@@ -67,6 +73,7 @@ class State:
     out_sha256: str = EMPTY_SHA256
     err_sha256: str = EMPTY_SHA256
     complete: bool = False
+    final_sha256: str = ""  # CSV/Parquet output: sha256 of the converted file once published ("" for JSONL)
     version: int = STATE_VERSION
 
 
@@ -94,6 +101,8 @@ def _validate(d: object, output: Path, error_name: str) -> State:
     for k in ("out_sha256", "err_sha256"):
         if not isinstance(d[k], str) or not _HEX64.fullmatch(d[k]):
             raise ValueError(f"{k} is not a sha256")
+    if not isinstance(d["final_sha256"], str) or (d["final_sha256"] and not _HEX64.fullmatch(d["final_sha256"])):
+        raise ValueError("final_sha256 is not a sha256")
     for k, final in (("out_part", output.name), ("err_part", error_name)):
         v = d[k]
         if not isinstance(v, str) or (v and not re.fullmatch(re.escape(final) + r"\.pcv-[0-9a-f]{8}\.part", v)):
@@ -109,19 +118,40 @@ def load_state(output: Path, error_name: str) -> State | None:
         return None
     try:
         return _validate(json.loads(p.read_bytes()), output, error_name)
-    except (ValueError, TypeError, UnicodeDecodeError) as e:
+    except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as e:
         raise PcvError(f"{p}: the resume state is damaged or from another pcv ({e}); rerun without --resume "
                        f"to start again") from None
+
+
+def remove_stale_tmp(output: Path) -> None:
+    """State files a killed run was writing (STATE.PID.tmp): only the lock holder calls this."""
+    p = state_path(output)
+    for tmp in p.parent.glob(f"{glob_escape(p.name)}.*.tmp"):
+        if re.fullmatch(re.escape(p.name) + r"\.\d+\.tmp", tmp.name):
+            tmp.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def save_state(output: Path, state: State) -> None:
     p = state_path(output)
     tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(asdict(state), f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(asdict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:
+            e.filename = str(p)
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fd = os.open(p.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -137,9 +167,10 @@ def check_resumable(state: State, fp: dict, output: str) -> None:
                            f"(was {json.dumps(old.get(key))[:200]}); rerun without --resume to start again")
 
 
-def verify_prefix(path: Path, size: int, sha256: str, what: str) -> hashlib._Hash:
-    """Check that `path` starts with the committed bytes (length, digest, a line break at the end)
-    and cut off what came after; returns the hasher of the kept bytes, to go on with."""
+def verify_prefix(path: Path, size: int, sha256: str, what: str, lines: int) -> hashlib._Hash:
+    """Check that `path` starts with the committed bytes (length, digest, a line break at the end, one
+    line per record the state counts) and cut off what came after; returns the hasher of the kept
+    bytes, to go on with."""
     again = "; rerun without --resume to start again"
     if not path.is_file():
         if size:
@@ -148,9 +179,11 @@ def verify_prefix(path: Path, size: int, sha256: str, what: str) -> hashlib._Has
     actual = path.stat().st_size
     if actual < size:
         raise PcvError(f"{path}: the {what} is shorter ({actual:,} bytes) than the resume state says ({size:,}){again}")
-    h = file_sha256(path, size)
+    h, n = _digest_and_lines(path, size)
     if h.hexdigest() != sha256:
         raise PcvError(f"{path}: the {what}'s first {size:,} bytes changed since they were committed{again}")
+    if n != lines:
+        raise PcvError(f"{path}: the committed {what} hold {n:,} lines but the resume state counts {lines:,} records{again}")
     if size:
         with open(path, "rb") as f:
             f.seek(size - 1)
@@ -161,6 +194,9 @@ def verify_prefix(path: Path, size: int, sha256: str, what: str) -> hashlib._Has
     return h
 
 
-def verify_whole(path: Path, size: int, sha256: str, what: str) -> bool:
-    """Whether `path` holds exactly the committed bytes."""
-    return path.is_file() and path.stat().st_size == size and file_sha256(path).hexdigest() == sha256
+def verify_whole(path: Path, size: int, sha256: str, lines: int) -> bool:
+    """Whether `path` holds exactly the committed bytes, one line per record the state counts."""
+    if not path.is_file() or path.stat().st_size != size:
+        return False
+    h, n = _digest_and_lines(path)
+    return h.hexdigest() == sha256 and n == lines

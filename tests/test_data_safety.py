@@ -188,7 +188,7 @@ def test_an_old_output_survives_an_interrupted_run_and_resume_replaces_it(tmp_pa
     r = cli(*argv[1:])
     assert r.returncode == 1, r.stderr  # the bad line before the kill still counts
     assert [d["id"] for d in strict_lines(out)] == list(range(3000))
-    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob("*.pcv-lock"))
+    assert not [p for p in tmp_path.iterdir() if p.suffix in (".part", ".tmp", ".pcv-lock")]
 
 
 # 2. One writer per output -------------------------------------------------------------------
@@ -221,7 +221,10 @@ GOOD = b'{"id": "g1", "text": "a fine film"}\n'
 BAD_FILES = {  # name -> (file name, bytes, extra args, records classified, errors)
     "one-bad-record": ("a.jsonl", b'{"text": 3}\n', [], 0, 1),
     "torn-last-line-after-a-full-window": ("a.jsonl", GOOD * 8 + b'{"id": 9, "te', ["--window", "8"], 8, 1),
-    "utf16-file": ("a.jsonl", '{"text": "x"}\n{"text": "y"}\n'.encode("utf-16"), [], 0, 3),  # 3: a NUL after the last newline
+    "utf16-file": ("a.jsonl", '{"text": "x"}\n{"text": "y"}\n'.encode("utf-16"), [], 0, 1),  # one error for the file
+    "utf16-txt": ("a.txt", "first\nsecond\nthird\n".encode("utf-16"), [], 0, 1),
+    "utf16-csv": ("a.csv", "id,text\n1,x\n".encode("utf-16"), [], 0, 1),
+    "gzip-named-csv": ("a.csv", _gz(b"id,text\n1,x\n"), [], 0, 1),
     "plain-text-named-gz": ("a.jsonl.gz", GOOD, [], 0, 1),
     "gzip-not-named-gz": ("a.jsonl", _gz(GOOD * 3), [], 0, 1),
     "window-1-with-bad-records": ("a.jsonl", GOOD + b"{x\n" + GOOD + b"[]\n", ["--window", "1"], 2, 2),
@@ -412,7 +415,8 @@ def _interrupted(tmp_path, big, model) -> tuple[Path, Path, dict]:
 
 
 @pytest.mark.parametrize("tamper", ["staged-bytes-rewritten", "records-out-of-range", "out-bytes-mid-line",
-                                    "input-edited-mtime-kept", "state-not-json"])
+                                    "input-edited-mtime-kept", "state-not-json", "counts-shifted", "marked-complete",
+                                    "nested-brackets"])
 def test_resume_refuses_what_it_cannot_verify(tmp_path, big, model, tamper):
     out, state, st = _interrupted(tmp_path, big, model)
     part = tmp_path / st["out_part"]
@@ -426,6 +430,12 @@ def test_resume_refuses_what_it_cannot_verify(tmp_path, big, model, tamper):
         n = st["out_bytes"] - 3
         h = hashlib.sha256(part.read_bytes()[:n]).hexdigest()
         state.write_text(json.dumps({**st, "out_bytes": n, "out_sha256": h}))
+    elif tamper == "counts-shifted":  # in range and adding up, but not what the staged files hold
+        state.write_text(json.dumps({**st, "records": st["records"] + 20, "classified": st["classified"] + 20}))
+    elif tamper == "marked-complete":
+        state.write_text(json.dumps({**st, "complete": True}))
+    elif tamper == "nested-brackets":
+        state.write_text("[" * 100_000)
     elif tamper == "input-edited-mtime-kept":
         s0 = os.stat(big)
         data = big.read_bytes()
@@ -508,3 +518,117 @@ def test_auto_says_when_cuda_did_not_start_and_classifies_on_the_cpu(tmp_path, s
     assert len(strict_lines(out)) == 30
     tc = TextClassifier(model)
     assert tc.session.provider == "cpu" and not tc.session.io_binding and len(tc.predict(["fine"])) == 1
+
+
+def test_an_unbalanced_csv_quote_is_reported_not_swallowed(tmp_path, model):
+    src = tmp_path / "q.csv"
+    src.write_text('id,text\n1,good\n2,"bad\n3,three\n4,four\n5,five\n6,"six"\n7,seven\n')
+    out = tmp_path / "o.jsonl"
+    r = run(src, out, model)
+    assert r.returncode == 1, r.stderr
+    assert [d["id"] for d in strict_lines(out)] == ["1", "7"]
+    (e,) = strict_lines(f"{out}.errors.jsonl")
+    assert e["line"] == 3 and "lines 3-7" in e["error"]
+
+
+def test_a_kill_before_the_first_commit_resumes(tmp_path, big, model):
+    """SIGKILL right after the state names its staged files (0 bytes committed), then --resume."""
+    out = tmp_path / "o.jsonl"
+    full = tmp_path / "full.jsonl"
+    assert run(big, full, model, "--window", "20").returncode == 1
+    state = Path(f"{out}.pcv-state.json")
+    p = subprocess.Popen([PCV_BATCH, str(big), "-o", str(out), "--model", str(model), "--window", "20", "-q"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not state.exists() and p.poll() is None:
+        time.sleep(0.005)
+    p.kill()
+    p.wait()
+    r = run(big, out, model, "--window", "20", "--resume")
+    assert r.returncode == 1, r.stderr
+    assert out.read_bytes() == full.read_bytes()
+
+
+def test_stdout_redirected_onto_an_input_or_the_model_is_refused(tmp_path, src, model):
+    before = digest(src)
+    with open(src, "ab") as f:
+        r = subprocess.run([PCV_BATCH, str(src), "--model", str(model), "-q"], stdout=f, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 2 and "stdout is the same file as input" in r.stderr and digest(src) == before
+    m = tmp_path / "m.onnx"
+    shutil.copy(model, m)
+    with open(m, "r+b") as f:
+        r = subprocess.run([PCV_BATCH, str(src), "--model", str(m), "-q"], stdout=f, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 2 and digest(m) == digest(model)
+    r = subprocess.run(f"{PCV_BATCH} {src} --model {model} -q >&-", shell=True, capture_output=True, text=True)
+    assert r.returncode == 2 and "stdout is closed" in r.stderr and "Traceback" not in r.stderr
+    r = cli(src, "--model", model, "--errors", "-", "-q")
+    assert r.returncode == 2 and "would mix" in r.stderr
+
+
+def test_stdout_runs_keep_their_errors_apart(tmp_path, model):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": 5}\n')
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "fine"}\n')
+    r = cli(bad, "--model", model, "-q", cwd=tmp_path)
+    assert r.returncode == 1
+    (errs,) = tmp_path.glob("pcv-errors-*.jsonl")
+    assert errs.name in r.stderr and strict_lines(errs)[0]["line"] == 2
+    assert cli(good, "--model", model, "-q", cwd=tmp_path).returncode == 0
+    assert errs.exists() and len(list(tmp_path.glob("pcv-errors-*.jsonl"))) == 1  # a clean run removes nobody's errors
+
+
+def test_a_signal_ends_a_run_whose_reader_is_blocked(tmp_path, model):
+    fifo = tmp_path / "idle.fifo"
+    os.mkfifo(fifo)
+    keep = os.open(fifo, os.O_RDWR)  # a writer that never writes: the reader blocks
+    try:
+        os.write(keep, b"a review\nanother\n")
+        p = subprocess.Popen([PCV_BATCH, str(fifo), "--format", "txt", "--model", str(model), "-q", "-o", "/dev/null"],
+                             stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=20)
+        assert p.returncode == 143 and "Traceback" not in err
+    finally:
+        os.close(keep)
+
+
+# Output formats --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_csv_and_parquet_outputs_hold_the_jsonl_fields_and_resume(tmp_path, big, model, suffix):
+    pytest.importorskip("pyarrow") if suffix == "parquet" else None
+    ref = tmp_path / "ref.jsonl"
+    assert run(big, ref, model, "--window", "20").returncode == 1
+    want = strict_lines(ref)
+    out = tmp_path / f"o.{suffix}"
+    p = _start([big, "-o", out, "--model", model, "--window", "20", "-q"], state=Path(f"{out}.pcv-state.json"))
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=60)
+    assert p.returncode == 143 and not out.exists()  # staged as JSON lines until the job is done
+    r = run(big, out, model, "--window", "20", "--resume")
+    assert r.returncode == 1, r.stderr
+    if suffix == "csv":
+        import csv
+
+        with open(out, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(out).to_pylist()
+    assert [str(r["id"]) for r in rows] == [str(w["id"]) for w in want]
+    assert [r["label"] for r in rows] == [w["label"] for w in want]
+    assert all(abs(float(r["prob_pos"]) - w["probs"]["pos"]) < 1e-9 for r, w in zip(rows, want))
+    assert not [q for q in tmp_path.iterdir() if q.suffix in (".part", ".conv", ".tmp")]
+    r = run(big, out, model, "--window", "20", "--resume")
+    assert r.returncode == 1 and "already complete" in r.stderr
+    out.write_bytes(out.read_bytes()[:-10])
+    assert run(big, out, model, "--window", "20", "--resume").returncode == 2  # changed since: not complete
+
+
+def test_a_format_that_needs_a_file_refuses_a_stream(tmp_path, src, model):
+    r = cli(src, "--model", model, "--output-format", "parquet", "-q")
+    assert r.returncode == 2 and "name a file" in r.stderr

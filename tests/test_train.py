@@ -35,10 +35,23 @@ def test_train_saves_best_model_metrics_and_resumes(tmp_path, labelled, capsys):
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
     m = load_classifier(str(out))
     assert m.config.id2label == {0: "neg", 1: "pos"} and m.config.label2id == {"neg": 0, "pos": 1}
-    # a second run with more epochs resumes from the checkpoint instead of starting again
-    assert train_main([str(labelled), "--out", str(out), "--epochs", "2", *TINY]) == 0
+    # the same command resumes from the checkpoint (here: nothing left to do)
+    assert train_main([str(labelled), "--out", str(out), "--epochs", "1", *TINY]) == 0
     assert "resumed from" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 6
+    # a longer budget goes on from the checkpoint, and says so
+    assert train_main([str(labelled), "--out", str(out), "--epochs", "2", *TINY]) == 0
+    said = capsys.readouterr().out
+    assert "another budget (epochs 1.0 → 2.0)" in said and "resumed from" in said
     assert json.loads((out / "metrics.json").read_text())["steps"] == 12
+    # other settings are another run: refused (nothing touched), or with --overwrite trained anew
+    other = ["--num-latents", "16", *TINY[2:]]  # 16 latents instead of 8
+    assert train_main([str(labelled), "--out", str(out), "--epochs", "2", *other]) == 2
+    assert "holds a run with other settings (size " in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 12
+    assert train_main([str(labelled), "--out", str(out), "--epochs", "1", "--overwrite", *other]) == 0
+    assert "resumed from" not in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 6
 
 
 @pytest.mark.parametrize("precision", [[], ["--no-bf16"]], ids=["default", "fp32"])
@@ -73,8 +86,9 @@ def test_bf16_autocast_follows_the_flag_and_the_cpu(monkeypatch, capsys):
 def test_bad_labels_name_the_line(tmp_path, capsys):
     p = tmp_path / "bad.jsonl"
     p.write_text('{"text": "a", "label": "neg"}\n{"text": "b", "label": "maybe"}\n')
-    assert train_main([str(p), "--out", str(tmp_path / "o"), *TINY]) == 2
-    assert "line 2" in capsys.readouterr().err
+    assert train_main([str(p), "--out", str(tmp_path / "o"), "--labels", "neg,pos", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "line 2" in err and "'maybe'" in err and "--labels" in err
 
 
 def test_split_is_seeded_and_disjoint():
@@ -113,7 +127,7 @@ def test_val_limit_samples_both_labels_of_a_sorted_file(tmp_path):
 def test_write_split_writes_the_split_a_run_trains_and_selects_on(tmp_path):
     p = tmp_path / "sorted.jsonl"
     p.write_text("".join(json.dumps({"text": f"t{i}", "label": int(i >= 500)}) + "\n" for i in range(1000)))
-    flags = ["--val-fraction", "0.2", "--val-limit", "40", "--split-seed", "3"]
+    flags = ["--val-fraction", "0.2", "--val-limit", "40", "--split-seed", "3", "--labels", "neg,pos"]
     assert train_main([str(p), "--write-split", str(tmp_path / "split"), *flags, "--seed", "7"]) == 0
     part = {n: [json.loads(line) for line in open(tmp_path / "split" / f"{n}.jsonl")]
             for n in ("train", "val", "val-sample", "val-rest")}
@@ -217,7 +231,7 @@ def test_one_label_only_is_refused_with_the_file_and_a_hint(tmp_path, reviews, c
     out = tmp_path / "m"
     assert train_main([str(p), "--out", str(out), "--limit", "20", "--teacher", teacher, *TINY]) == 2
     err = capsys.readouterr().err
-    assert str(p) in err and "one label only" in err and "'pos' 0" in err and "--limit 20" in err
+    assert str(p) in err and "one label only" in err and "'neg' " in err and "--limit 20" in err
 
 
 def test_the_teacher_needs_five_examples_of_each_label(tmp_path, reviews, capsys):
@@ -229,3 +243,57 @@ def test_the_teacher_needs_five_examples_of_each_label(tmp_path, reviews, capsys
     assert train_main([*args, "--teacher", "ngram"]) == 2
     assert "5-fold cross-validation needs at least 5 training examples of every label" in capsys.readouterr().err
     assert train_main([*args, "--teacher", "none", "--epochs", "1"]) == 0  # without the teacher three are enough
+
+
+def test_size_problem_says_exactly_which_sizes_cannot_be_built():
+    """size_problem (checked at parse time) agrees with transformers and the patch initialisation."""
+    import random
+    import warnings
+
+    from pcv.export.modeling import build_config
+    from pcv.export.sizes import SIZE_PRESETS, ModelSize, size_problem
+    from pcv.train.surgery import patch_init
+    from transformers import PerceiverForSequenceClassification
+
+    assert all(size_problem(s) is None for s in SIZE_PRESETS.values())
+    rng = random.Random(0)
+    for _ in range(80):
+        s = ModelSize(num_latents=rng.choice([4, 8]), d_latents=rng.choice([4, 8, 12, 16, 24, 32]),
+                      d_model=rng.choice([4, 8, 12, 16, 32]), num_layers=1, self_heads=rng.choice([1, 2, 3, 4]),
+                      cross_heads=rng.choice([1, 2, 3, 4, 8]), max_length=64, qk_channels=rng.choice([None, None, 8, 12, 16]),
+                      v_channels=rng.choice([None, None, 8, 12, 16, 24]))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                patch_init(PerceiverForSequenceClassification(build_config(s)))
+            built = True
+        except Exception:
+            built = False
+        assert (size_problem(s) is None) == built, s
+
+
+def test_sizes_are_checked_before_any_data_is_read(tmp_path, capsys):
+    assert train_main([str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o"), "--size", "tiny",
+                       "--cross-heads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "patch initialisation" in err and "d_model >= 128" in err and "missing" not in err
+
+
+def test_labels_come_from_the_data_and_the_run_reports_per_class(tmp_path, capsys):
+    """Three labels named in the data, none given on the command line; the plan, per-class metrics on the
+    validation texts and on a --test file."""
+    words = {"sport": "goal match team score", "music": "song guitar album band", "food": "bread soup cook taste"}
+    rows = [{"text": f"{words[k].split()[i % 4]} " * 6, "label": k} for i in range(90) for k in words]
+    p = tmp_path / "three.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows[:30]))
+    out = tmp_path / "m"
+    assert train_main([str(p), "--out", str(out), "--size", "tiny", "--max-length", "64", "--epochs", "2",
+                       "--eval-every", "50", "--test", str(test)]) == 0
+    said = capsys.readouterr().out
+    assert "parameters (fresh, patch initialisation), 3 labels" in said and "plan: " in said and "warm-up" in said
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["validation"]["labels"] == ["food", "music", "sport"] and set(m["validation"]["per_class"]) == set(words)
+    assert m["test"][str(test)]["n"] == 30 and "confusion" in said
+    assert load_classifier(str(out)).config.id2label == {0: "food", 1: "music", 2: "sport"}

@@ -14,30 +14,49 @@ def _fail(msg: str) -> int:
     return 2
 
 
-# Size flags of a fresh model (pcv-train, pcv-pretrain) -> ModelSize fields; max_length comes from --max-length.
-_SIZE_FLAGS = {"num_latents": 256, "d_latents": 256, "d_model": 256, "num_layers": 6, "self_heads": 8,
-               "cross_heads": 8, "cross_widening": 1, "self_widening": 1, "qk_channels": None, "v_channels": None}
+# Size flags of a fresh model (pcv-train, pcv-pretrain) -> ModelSize fields; unset ones come from --size.
+_SIZE_FLAGS = ("num_latents", "d_latents", "d_model", "num_layers", "self_heads", "cross_heads", "cross_widening",
+               "self_widening", "qk_channels", "v_channels")
 
 
-def _add_size_flags(p: argparse.ArgumentParser) -> None:
-    for field, default in _SIZE_FLAGS.items():
-        p.add_argument("--" + field.replace("_", "-"), type=int, default=default)
+def _add_size_flags(p: argparse.ArgumentParser, default_size: str) -> None:
+    from pcv.export import SIZE_PRESETS
+
+    sizes = "; ".join(f"{name}: {s.num_latents} latents x {s.d_latents}, d_model {s.d_model}, {s.num_layers} layers, "
+                      f"{s.max_length} bytes" for name, s in SIZE_PRESETS.items())
+    p.add_argument("--size", choices=list(SIZE_PRESETS), default=default_size,
+                   help=f"a fresh model's size ({sizes}); the flags below change single fields")
+    for field in _SIZE_FLAGS:
+        p.add_argument("--" + field.replace("_", "-"), type=int, help="(default: from --size)")
 
 
 def _size(a: argparse.Namespace):
-    from pcv.export import ModelSize
+    """The fresh model's size: the preset with the flags given, checked (None and a message when it cannot be built)."""
+    from pcv.export import size_problem, sized
 
-    return ModelSize(max_length=a.max_length, **{f: getattr(a, f) for f in _SIZE_FLAGS})
+    size = sized(a.size, max_length=a.max_length, **{f: getattr(a, f) for f in _SIZE_FLAGS})
+    return size, size_problem(size, patch_init=a.init == "patch")
 
 
-def _add_run_flags(p: argparse.ArgumentParser, *, lr: float, warmup: int, epochs: float, eval_every: int, limit_help: str) -> None:
+def _add_run_flags(p: argparse.ArgumentParser, *, lr: float | None, warmup: int | None, epochs: float | None,
+                   eval_every: int, limit_help: str, max_length: int | None = 2048) -> None:
     """The step-loop flags pcv-train and pcv-pretrain share (their defaults differ)."""
-    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--max-length", type=int, default=max_length,
+                   help=None if max_length else "longest input in tokens (default: --size's for a fresh model, the "
+                        "model's positions with --init-from; more than those extends them)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--warmup-steps", type=int, default=warmup)
-    p.add_argument("--epochs", type=float, default=epochs)
-    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--lr", type=float, default=lr,
+                   help=None if lr else "peak learning rate (default: 5e-5 with --init-from, the reference fine-tuning "
+                        "recipe; 1e-3 for a fresh model)")
+    p.add_argument("--warmup-steps", type=int, default=warmup,
+                   help=None if warmup else "linear warm-up steps (default: --warmup-fraction of the run)")
+    if warmup is None:
+        p.add_argument("--warmup-fraction", type=float, default=0.05,
+                       help="warm-up as a share of the planned steps, or of --max-minutes when time-boxed")
+    p.add_argument("--epochs", type=float, default=epochs,
+                   help=None if epochs else "passes over the data (default: 3 with --init-from, 10 for a fresh "
+                        "model; with --max-minutes, as many as the time allows)")
+    p.add_argument("--max-minutes", type=float, help="time-box the run; the schedule then follows the clock")
     p.add_argument("--eval-every", type=int, default=eval_every)
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -72,8 +91,8 @@ def train_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="pcv-train",
         description="Fine-tune or train a Perceiver byte-level classifier on labelled JSONL/CSV.",
-        epilog="example: pcv-train train.jsonl.gz --out models/mine --epochs 3 --lr 5e-4\n"
-        "         pcv-train train.jsonl --init-from deepmind/language-perceiver --out ft --lr 5e-5",
+        epilog="examples:\n  pcv-train train.jsonl --out m --size tiny --max-minutes 6      # a fresh model, labels from the data\n"
+        "  pcv-train train.jsonl --init-from deepmind/language-perceiver --out ft   # fine-tune (AdamW 5e-5, 3 epochs)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("data", nargs="+", help="labelled JSONL or CSV files (.gz ok)")
@@ -87,10 +106,11 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--grow-layers", type=int, metavar="N",
                    help="with --init-from: deepen its latent transformer to N self-attention layers; each new layer "
                         "starts as the identity (same logits), a copy of the layer before it with zeroed outputs")
-    _add_size_flags(p)
+    _add_size_flags(p, "small")
     p.add_argument("--text-field", default="text")
     p.add_argument("--label-field", default="label")
-    p.add_argument("--labels", default="neg,pos", help="label names for ids 0,1,... (default: neg,pos)")
+    p.add_argument("--labels", help="label names for ids 0,1,... in order, e.g. neg,pos (default: the labels in the "
+                   "data, sorted; with --init-from, the model's own names); a label outside them is an error")
     p.add_argument("--unlabelled", nargs="*", default=[], help="text-only files for distillation")
     from .teacher import KINDS  # numpy only: the teachers' names
 
@@ -121,12 +141,19 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--average-last", type=int, default=0, metavar="N",
                    help="keep the weights of the last N checkpoints; at the end, their mean is scored and saved "
                         "as the model if it beats the best single step (default 0: off)")
-    _add_run_flags(p, lr=5e-5, warmup=200, epochs=3.0, eval_every=500, limit_help="use only the first N labelled records")
+    p.add_argument("--test", nargs="+", default=[], metavar="FILE",
+                   help="labelled files to score the final model on (per-class metrics; never trained on)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="OUT holds a run with other settings: replace it (default: refuse; the same command resumes)")
+    _add_run_flags(p, lr=None, warmup=None, epochs=None, eval_every=500, max_length=None,
+                   limit_help="use only the first N labelled records")
     a = show_defaults(p).parse_args(argv)
     if not (a.out or a.write_split):
         p.error("the following arguments are required: --out (or --write-split DIR)")
-    if not 0 <= a.shift_augment <= a.max_length // 4:
-        return _fail(f"--shift-augment {a.shift_augment}: 0 (off) to a quarter of --max-length ({a.max_length // 4})")
+    size, problem = _size(a)
+    max_length = a.max_length or (None if a.init_from else size.max_length)
+    if a.shift_augment < 0 or (max_length and a.shift_augment > max_length // 4):
+        return _fail(f"--shift-augment {a.shift_augment}: 0 (off) to a quarter of --max-length ({(max_length or 0) // 4})")
     if not 0 <= a.splice_augment <= 1:
         return _fail(f"--splice-augment {a.splice_augment}: a share of each batch, 0 (off) to 1")
     if a.splice_augment and a.teacher == "none":
@@ -137,11 +164,20 @@ def train_main(argv: list[str] | None = None) -> int:
         return _fail(bad)
     if a.grow_layers is not None and (a.init_from is None or a.grow_layers < 1):
         return _fail(f"--grow-layers {a.grow_layers}: deepens a trained model to N >= 1 layers; give --init-from too")
+    if a.labels is not None and (len(names := [x.strip() for x in a.labels.split(",")]) < 2 or len(set(names)) != len(names)
+                                 or not all(names)):
+        return _fail(f"--labels {a.labels!r}: at least two distinct, comma-separated names")
+    if not 0 <= a.warmup_fraction < 1:
+        return _fail(f"--warmup-fraction {a.warmup_fraction}: a share of the run, from 0 to below 1")
+    if problem and not a.init_from:
+        return _fail(problem)
     from .train import TrainConfig, train, write_split
 
     cfg = TrainConfig(
         data=tuple(a.data), out=a.out or "", init_from=a.init_from, grow_layers=a.grow_layers, init=a.init,
-        size=_size(a), text_field=a.text_field, label_field=a.label_field, labels=tuple(a.labels.split(",")),
+        size=size, text_field=a.text_field, label_field=a.label_field,
+        labels=tuple(x.strip() for x in a.labels.split(",")) if a.labels else (), test=tuple(a.test), overwrite=a.overwrite,
+        warmup_fraction=a.warmup_fraction,
         unlabelled=tuple(a.unlabelled), teacher=a.teacher, teacher_cache=a.teacher_cache, distill_weight=a.distill_weight,
         dense_weight=a.dense_weight, shift_augment=a.shift_augment, splice_augment=a.splice_augment,
         val_fraction=a.val_fraction, val_limit=a.val_limit, split_seed=a.split_seed, average_last=a.average_last, **_run_args(a),
@@ -171,7 +207,7 @@ def pretrain_main(argv: list[str] | None = None) -> int:
     p.add_argument("data", nargs="+", help="JSONL/CSV/TXT text files (.gz ok); labels, if any, are ignored")
     p.add_argument("--out", required=True, help="output dir (PerceiverForMaskedLM); rerun the same command to resume")
     p.add_argument("--init", choices=["patch", "default"], default="patch", help="encoder initialisation")
-    _add_size_flags(p)
+    _add_size_flags(p, "base")
     p.add_argument("--text-field", default="text")
     p.add_argument("--mask-rate", type=float, default=0.15, help="fraction of content bytes masked")
     p.add_argument("--mean-span", type=float, default=3.0, help="mean masked span in bytes")
@@ -179,10 +215,13 @@ def pretrain_main(argv: list[str] | None = None) -> int:
     a = show_defaults(p).parse_args(argv)
     if bad := _check_run_args(a):
         return _fail(bad)
+    size, problem = _size(a)
+    if problem:
+        return _fail(problem)
     from .pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(
-        data=tuple(a.data), out=a.out, init=a.init, size=_size(a), text_field=a.text_field, mask_rate=a.mask_rate,
+        data=tuple(a.data), out=a.out, init=a.init, size=size, text_field=a.text_field, mask_rate=a.mask_rate,
         mean_span=a.mean_span, **_run_args(a),
     )
     try:

@@ -15,9 +15,17 @@ import torch
 from tqdm import tqdm
 
 
-def lr_factor(step: int, seconds: float, *, warmup: int, total: int, max_minutes: float | None) -> float:
+def lr_factor(step: int, seconds: float, *, warmup: int, total: int, max_minutes: float | None,
+              warmup_time: float = 0.0) -> float:
     """Linear warm-up, then cosine to 10 %; with a time budget the cosine follows the clock, so a
-    time-boxed run still ends on a low learning rate."""
+    time-boxed run still ends on a low learning rate. `warmup_time` (a share of the budget) warms up
+    by the clock instead of by steps, for time-boxed runs whose step count is not known ahead."""
+    if max_minutes and warmup_time > 0:
+        t = seconds / (max_minutes * 60)
+        if t < warmup_time:
+            return max(t / warmup_time, 1.0 / max(1, total))
+        p = max((t - warmup_time) / (1 - warmup_time), step / max(1, total))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
     if step < warmup:
         return (step + 1) / warmup
     p = (step - warmup) / max(1, total - warmup)
@@ -147,22 +155,28 @@ class Run:
     total_steps: int
     steps_per_epoch: int
     lr_at: Callable[[int, float], float]  # (step, training seconds) -> learning rate
+    warmup_steps: int = 0  # 0 with a warm-up by the clock
+    max_minutes: float | None = None
 
 
 def start(model: torch.nn.Module, *, pool_size: int, batch_size: int, epochs: float, lr: float, weight_decay: float,
-          warmup: int, max_minutes: float | None, ckpt_dir: Path, device: torch.device, keep: int = 0,
-          kept: torch.nn.Module | None = None) -> Run:
-    """AdamW, the step budget, the checkpoint (resumed if there is one) and the learning-rate schedule."""
+          warmup: int | None, max_minutes: float | None, ckpt_dir: Path, device: torch.device, keep: int = 0,
+          kept: torch.nn.Module | None = None, warmup_fraction: float = 0.05) -> Run:
+    """AdamW, the step budget, the checkpoint (resumed if there is one) and the learning-rate schedule.
+    `warmup` None: warmup_fraction of the planned steps, or of the time budget when there is one."""
     steps_per_epoch = math.ceil(pool_size / batch_size)
     total_steps = max(1, int(epochs * steps_per_epoch))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     ckpt = Checkpoint(ckpt_dir, model, opt, keep=keep, kept=kept)
     state = ckpt.load(device) or LoopState()
+    by_clock = warmup is None and bool(max_minutes)
+    steps = 0 if by_clock else (warmup if warmup is not None else max(1, round(warmup_fraction * total_steps)))
 
     def lr_at(step: int, seconds: float) -> float:
-        return lr * lr_factor(step, seconds, warmup=warmup, total=total_steps, max_minutes=max_minutes)
+        return lr * lr_factor(step, seconds, warmup=steps, total=total_steps, max_minutes=max_minutes,
+                              warmup_time=warmup_fraction if by_clock else 0.0)
 
-    return Run(opt, ckpt, state, total_steps, steps_per_epoch, lr_at)
+    return Run(opt, ckpt, state, total_steps, steps_per_epoch, lr_at, steps, max_minutes)
 
 
 def record_eval(state: LoopState, entry: dict, acc: float, model, out: Path) -> None:
@@ -182,7 +196,12 @@ def run_steps(run: Run, *, model: torch.nn.Module, loss_of: Callable[[np.ndarray
     checkpoints and a wall-clock budget.
     `loss_of(batch indices, step)` returns the batch's loss; run.state.step / train_seconds advance."""
     state, opt = run.state, run.opt
-    bar = tqdm(total=run.total_steps, initial=state.step, desc=desc, unit="step", dynamic_ncols=True, mininterval=5)
+    if max_minutes:  # the clock ends the run: the bar (and its ETA) follows the budget, steps in the postfix
+        budget = round(max_minutes * 60)
+        bar = tqdm(total=budget, initial=min(budget, round(state.train_seconds)), desc=desc, unit="s",
+                   dynamic_ncols=True, mininterval=5, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
+    else:
+        bar = tqdm(total=run.total_steps, initial=state.step, desc=desc, unit="step", dynamic_ncols=True, mininterval=5)
     t_start = time.time() - state.train_seconds
     stop = False
     while state.step < run.total_steps and not stop:
@@ -206,8 +225,13 @@ def run_steps(run: Run, *, model: torch.nn.Module, loss_of: Callable[[np.ndarray
             state.step += 1
             state.train_seconds = time.time() - t_start
             state.last_loss = round(float(loss.item()), 4)
-            bar.update(1)
-            bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
+            if max_minutes:
+                bar.update(min(budget, state.train_seconds) - bar.n)
+                bar.set_postfix(step=state.step, loss=f"{state.last_loss:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}",
+                                refresh=False)
+            else:
+                bar.update(1)
+                bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
             if state.step % eval_every == 0:
                 run_eval()
             if state.step % checkpoint_every == 0:

@@ -10,16 +10,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from pcv.export import IMDB_LABELS, ModelSize, build_config, load_classifier, model_size
+from pcv.export import ModelSize, build_config, load_classifier, model_size
 from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
+from pcv.runtime.metrics import confusion, format_report, report
 from pcv.runtime.readers import read_labelled
 from pcv.runtime.tokenizer import text_as_read, token_lengths
 from transformers import PerceiverForSequenceClassification
@@ -39,7 +41,7 @@ class TrainConfig:
     init: str = "patch"  # fresh models: "patch" (byte-patch cross-attention) or "default"
     text_field: str = "text"
     label_field: str = "label"
-    labels: tuple[str, ...] = ("neg", "pos")  # names for ids 0..C-1; labels in data may be ids or names
+    labels: tuple[str, ...] = ()  # names for ids 0..C-1 (labels in data may be ids or names); () = from the data, sorted
     unlabelled: tuple[str, ...] = ()  # text-only files, used through the teacher
     teacher: str = "none"  # "ngram" / "ngram-nb": distil from a TF-IDF + logistic regression teacher (teacher.KINDS)
     teacher_cache: str | None = None  # .npz of the teacher's outputs, reused while the data and settings match
@@ -50,12 +52,13 @@ class TrainConfig:
     shift_augment: int = 0  # > 0: each training text read after 0..shift_augment-1 leading spaces, drawn per step
     splice_augment: float = 0.0  # > 0: this share of each batch replaced by splices of two pool texts, scored by the teacher
     splice_workers: int | None = None  # processes making splices ahead; None: 1 (a thread) on CPU, up to 4 on CUDA
-    max_length: int = 2048
+    max_length: int | None = None  # None: the fresh size's, or the trained model's positions
     batch_size: int = 32
-    lr: float = 5e-5  # the reference recipe (pretrained start); fresh models want ~5e-4
+    lr: float | None = None  # None: FINE_TUNE.lr with init_from (the reference recipe), FRESH.lr otherwise
     weight_decay: float = 0.01
-    warmup_steps: int = 200
-    epochs: float = 3.0
+    warmup_steps: int | None = None  # None: warmup_fraction of the planned steps (of the time budget, when time-boxed)
+    warmup_fraction: float = 0.05
+    epochs: float | None = None  # None: FINE_TUNE / FRESH epochs; time-boxed runs: as many as the budget allows
     max_minutes: float | None = None  # stop (and save) after this much training time
     val_fraction: float = 0.1
     val_limit: int | None = None  # evaluate on at most this many validation texts
@@ -68,10 +71,32 @@ class TrainConfig:
     bf16: bool = True  # autocast on CUDA and on CPUs with bf16 instructions (loop.bf16_autocast)
     group_by_length: bool = True  # batches of similar lengths (loop.group_by_length): less padding
     limit: int | None = None  # use only the first N labelled records (quick runs, tests)
+    test: tuple[str, ...] = ()  # labelled files the final model is scored on (per-class metrics), never trained on
+    overwrite: bool = False  # out holds a run with other settings: replace it instead of refusing
 
 
-def load_labelled(paths: tuple[str, ...], cfg: TrainConfig) -> tuple[list[str], np.ndarray]:
-    return read_labelled(paths, names=cfg.labels, text_field=cfg.text_field, label_field=cfg.label_field, limit=cfg.limit)
+@dataclass(frozen=True)
+class Recipe:
+    lr: float
+    epochs: float
+
+
+# Defaults by start: a trained model is fine-tuned as the reference recipe does (AdamW 5e-5, 3 epochs);
+# a fresh one needs a higher rate and more passes to leave chance.
+FINE_TUNE = Recipe(lr=5e-5, epochs=3.0)
+FRESH = Recipe(lr=1e-3, epochs=10.0)
+TIME_BOXED_EPOCHS = 1000.0  # with max_minutes and no epochs: the clock ends the run
+# Settings a rerun into the same out may change without being another run: where it runs, what it is
+# scored on at the end, and its budget (a longer one goes on from the checkpoint; pcv-train says so).
+RERUN_MAY_CHANGE = ("device", "overwrite", "test")
+RERUN_BUDGET = ("epochs", "max_minutes", "eval_every", "checkpoint_every", "average_last")
+
+
+def load_labelled(paths: tuple[str, ...], cfg: TrainConfig, names: tuple[str, ...] | None = None
+                  ) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
+    """Texts, label ids and label names (cfg.labels, else `names`, else read from the data)."""
+    return read_labelled(paths, names=cfg.labels or names, text_field=cfg.text_field, label_field=cfg.label_field,
+                         limit=cfg.limit)
 
 
 def check_label_counts(tr_labels: np.ndarray, id2label: dict[int, str], cfg: TrainConfig) -> None:
@@ -123,7 +148,7 @@ def write_split(cfg: TrainConfig, dest: str | Path) -> dict[str, int]:
     """Write the seeded split that train() makes of cfg.data as JSONL (text, label name, index in the data):
     train.jsonl and val.jsonl, and with val_limit val-sample.jsonl (what a run selects its steps on) and
     val-rest.jsonl (the validation texts selection never saw). Returns the record count of each file."""
-    texts, labels = load_labelled(cfg.data, cfg)
+    texts, labels, names = load_labelled(cfg.data, cfg)
     tr, va = split(len(texts), cfg.val_fraction, cfg.split_seed)
     parts = {"train": tr, "val": va}
     if cfg.val_limit:
@@ -135,7 +160,7 @@ def write_split(cfg: TrainConfig, dest: str | Path) -> dict[str, int]:
         part = dest / f"{name}.jsonl.part"
         with open(part, "w", encoding="utf-8") as f:
             for i in idx:
-                f.write(json.dumps({"text": texts[i], "label": cfg.labels[labels[i]], "index": int(i)},
+                f.write(json.dumps({"text": texts[i], "label": names[labels[i]], "index": int(i)},
                                    ensure_ascii=False) + "\n")
         part.replace(dest / f"{name}.jsonl")
     return {name: len(idx) for name, idx in parts.items()}
@@ -154,19 +179,25 @@ def _device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model, texts: list[str], labels: np.ndarray, *, max_length: int, device, bf16: bool, batch_size: int = 64) -> float:
+def predict(model, texts: list[str], *, max_length: int, device, bf16: bool, batch_size: int = 64) -> np.ndarray:
+    """(N,) predicted label ids, in the order of `texts`."""
     model.eval()
     tok = PerceiverByteTokenizer()
     order = np.argsort([len(t) for t in texts])  # length-sorted: little padding
-    correct = 0
+    pred = np.zeros(len(texts), dtype=np.int64)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         enc = tok([texts[i] for i in idx], max_length=max_length, truncation=True, padding="longest")
         with bf16_autocast(device, bf16):
             logits = model(inputs=torch.from_numpy(enc.input_ids).to(device), attention_mask=torch.from_numpy(enc.attention_mask).to(device)).logits
-        correct += int((logits.argmax(-1).cpu().numpy() == labels[idx]).sum())
+        pred[idx] = logits.argmax(-1).cpu().numpy()
     model.train()
-    return correct / len(texts)
+    return pred
+
+
+def evaluate(model, texts: list[str], labels: np.ndarray, *, max_length: int, device, bf16: bool, batch_size: int = 64) -> float:
+    pred = predict(model, texts, max_length=max_length, device=device, bf16=bf16, batch_size=batch_size)
+    return float((pred == labels).mean())
 
 
 def average_last(model, ckpt, state: LoopState, cfg: TrainConfig, score: Callable[[], float], out: Path) -> dict | None:
@@ -261,9 +292,21 @@ class Targets:
     teacher_val_acc_cut: float | None = None  # on the first max_length tokens the student reads
 
 
+def _model_label_names(init_from: str | None) -> tuple[str, ...] | None:
+    """A trained model's own label names (a local dir's config.json), unless they are transformers' LABEL_k."""
+    if not init_from or not (Path(init_from) / "config.json").is_file():
+        return None
+    try:
+        id2label = json.loads((Path(init_from) / "config.json").read_text(encoding="utf-8")).get("id2label") or {}
+        names = tuple(id2label[k] for k in sorted(id2label, key=int))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return None if not names or all(n == f"LABEL_{i}" for i, n in enumerate(names)) else names
+
+
 def load_data(cfg: TrainConfig) -> Data:
-    id2label = dict(enumerate(cfg.labels)) if cfg.labels else IMDB_LABELS
-    texts, labels = load_labelled(cfg.data, cfg)
+    texts, labels, names = load_labelled(cfg.data, cfg, _model_label_names(cfg.init_from))
+    id2label = dict(enumerate(names))
     tr, va = split(len(texts), cfg.val_fraction, cfg.split_seed)
     va = val_sample(va, cfg)
     data = Data(id2label, [texts[i] for i in tr], labels[tr], [texts[i] for i in va], labels[va])
@@ -445,22 +488,90 @@ def make_splicer(cfg: TrainConfig, tg: Targets, dense: DenseMemo | None, device:
                    workers=cfg.splice_workers or (max(1, min(4, _cores() // 4)) if device.type == "cuda" else 1))
 
 
+def guard_out(cfg: TrainConfig, out: Path) -> dict:
+    """The run dir remembers its settings (run.json): the same command resumes, a longer budget goes on
+    from the checkpoint, other settings are refused unless cfg.overwrite, which clears the old run's
+    files first. Returns the settings to record once the run starts (record_run)."""
+    settings = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in RERUN_MAY_CHANGE}
+    budget = {k: settings.pop(k) for k in RERUN_BUDGET}
+    old = None
+    if (out / "run.json").is_file():
+        try:
+            old = json.loads((out / "run.json").read_text(encoding="utf-8")).get("settings")
+        except (ValueError, AttributeError):
+            old = "unreadable"
+    held = old is not None or (out / "checkpoint").exists() or (out / "metrics.json").exists()
+    old_budget = {k: old.pop(k, None) for k in RERUN_BUDGET} if isinstance(old, dict) else {}
+    if held and old != settings:
+        if not cfg.overwrite:
+            diff = ("unknown (no readable run.json)" if not isinstance(old, dict) else
+                    ", ".join(f"{k} {old.get(k)!r} → {v!r}" for k, v in settings.items() if old.get(k) != v)[:400])
+            raise InputError(f"{out} holds a run with other settings ({diff}): use another --out, or --overwrite "
+                             f"to replace it")
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+        for name in ("metrics.json", "run.json", "config.json", "model.safetensors"):
+            (out / name).unlink(missing_ok=True)
+        print(f"{out}: the earlier run's checkpoint, model and metrics removed (--overwrite)", flush=True)
+    elif held and (changed := [f"{k} {old_budget.get(k)!r} → {v!r}" for k, v in budget.items() if old_budget.get(k) != v]):
+        print(f"{out}: going on from the run's checkpoint with another budget ({', '.join(changed)})", flush=True)
+    return settings | budget
+
+
+def record_run(out: Path, settings: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "run.json.tmp"
+    tmp.write_text(json.dumps({"settings": settings}, indent=2), encoding="utf-8")
+    tmp.replace(out / "run.json")
+
+
+def resolve(cfg: TrainConfig, model) -> TrainConfig:
+    """The defaults that depend on the start: fine-tune or fresh recipe, the model's own length."""
+    recipe = FINE_TUNE if cfg.init_from else FRESH
+    epochs = cfg.epochs if cfg.epochs is not None else (TIME_BOXED_EPOCHS if cfg.max_minutes else recipe.epochs)
+    return replace(cfg, lr=cfg.lr if cfg.lr is not None else recipe.lr, epochs=epochs,
+                   max_length=cfg.max_length or int(model.config.max_position_embeddings))
+
+
+def say_plan(cfg: TrainConfig, model, run, pool: int) -> None:
+    n = sum(p.numel() for p in model.parameters())
+    start = f"from {cfg.init_from}" if cfg.init_from else f"fresh, {cfg.init} initialisation"
+    print(f"model: {n:,} parameters ({start}), {model.config.num_labels} labels, {cfg.max_length} tokens", flush=True)
+    warm = run.warmup_steps
+    if cfg.max_minutes:
+        warmup = (f"warm-up {warm:,} steps" if cfg.warmup_steps is not None else
+                  f"warm-up over the first {cfg.warmup_fraction:.0%} of the time")
+        plan = (f"time-boxed to {cfg.max_minutes:g} min (at most {run.total_steps:,} steps of {cfg.batch_size}); "
+                f"lr {cfg.lr:g}, {warmup}, then cosine to 10 % following the clock")
+    else:
+        plan = (f"{run.total_steps:,} steps ({cfg.epochs:g} epochs of {run.steps_per_epoch:,} batches of "
+                f"{cfg.batch_size} from {pool:,} texts); lr {cfg.lr:g}, warm-up {warm:,} steps, then cosine to 10 %")
+    print(f"plan: {plan}", flush=True)
+    if not cfg.max_minutes and warm >= run.total_steps:
+        print(f"warning: the run ends inside its warm-up ({run.total_steps:,} steps planned, {warm:,} of warm-up): "
+              f"the learning rate never reaches {cfg.lr:g}; lower --warmup-steps or train longer", flush=True)
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train and save the best model to cfg.out; returns the metrics written to metrics.json."""
     device = _device(cfg.device)  # a bad --device is refused before anything is written
     out = Path(cfg.out)
+    settings = guard_out(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     say_precision(device, cfg.bf16)
 
     data = load_data(cfg)
     model = build_model(cfg, data)
+    cfg = resolve(cfg, model)
     tg = fit_targets(cfg, data)
     prepare_model(model, cfg, data, device)
     dense, trained = dense_targets(cfg, model, data, tg, device)
     run = start(trained, pool_size=len(tg.pool), batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr,
-                weight_decay=cfg.weight_decay, warmup=cfg.warmup_steps, max_minutes=cfg.max_minutes,
-                ckpt_dir=out / "checkpoint", device=device, keep=cfg.average_last, kept=model)
+                weight_decay=cfg.weight_decay, warmup=cfg.warmup_steps, warmup_fraction=cfg.warmup_fraction,
+                max_minutes=cfg.max_minutes, ckpt_dir=out / "checkpoint", device=device, keep=cfg.average_last,
+                kept=model)
+    say_plan(cfg, model, run, len(tg.pool))
+    record_run(out, settings)  # the data, model and teacher are good: from here on out holds this run
 
     def score() -> float:
         return evaluate(model, data.va_texts, data.va_labels, max_length=cfg.max_length, device=device, bf16=cfg.bf16)
@@ -478,11 +589,29 @@ def train(cfg: TrainConfig) -> dict:
                   eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, max_minutes=cfg.max_minutes,
                   lengths=token_lengths(tg.pool, cfg.max_length) if cfg.group_by_length else None, desc="train")
     averaged = average_last(model, run.ckpt, run.state, cfg, score, out)
-    return write_metrics(cfg, model, data, tg, run, device, averaged, out)
+    reports = final_reports(cfg, data, out, device)
+    return write_metrics(cfg, model, data, tg, run, device, averaged, out, reports)
+
+
+def final_reports(cfg: TrainConfig, data: Data, out: Path, device: torch.device) -> dict:
+    """Per-class metrics of the saved (best) model on the validation texts and on each cfg.test file."""
+    best = load_classifier(str(out)).to(device)
+    names = tuple(data.id2label[i] for i in range(data.num_labels))
+    sets = {"validation": (data.va_texts, data.va_labels)}
+    for path in cfg.test:
+        texts, labels, _ = read_labelled((path,), names=names, text_field=cfg.text_field, label_field=cfg.label_field)
+        sets[f"test {path}"] = (texts, labels)
+    reports = {}
+    for name, (texts, labels) in sets.items():
+        pred = predict(best, texts, max_length=cfg.max_length, device=device, bf16=cfg.bf16)
+        rep = report(confusion(labels, pred, data.num_labels), names)
+        print(f"{name} ({len(texts):,} texts), the saved model:\n{format_report(rep)}", flush=True)
+        reports[name] = rep
+    return reports
 
 
 def write_metrics(cfg: TrainConfig, model, data: Data, tg: Targets, run, device: torch.device, averaged: dict | None,
-                  out: Path) -> dict:
+                  out: Path, reports: dict) -> dict:
     state = run.state
     metrics = {
         "best_val_accuracy": state.best_acc,
@@ -505,5 +634,8 @@ def write_metrics(cfg: TrainConfig, model, data: Data, tg: Targets, run, device:
     }
     if averaged:
         metrics["averaged"] = averaged
+    metrics["validation"] = reports.pop("validation")
+    if reports:
+        metrics["test"] = {name.removeprefix("test "): rep for name, rep in reports.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
