@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from pcv.runtime.batching import BatchPlan
+from pcv.runtime.metrics import confusion, report
 from pcv.runtime.pipeline import Batch, plan_and_tokenize
 from pcv.runtime.readers import read_labelled
 from pcv.runtime.session import OnnxClassifier, SessionConfig
@@ -47,6 +48,7 @@ class Row:
     size_mib: float
     passed: bool = True
     failures: list[str] = field(default_factory=list)
+    per_class: dict = field(default_factory=dict)  # label -> precision, recall, f1, support (runtime.metrics)
 
 
 def labelled_texts(model, data: str, *, text_field: str, label_field: str, limit: int | None
@@ -81,12 +83,14 @@ def onnx_logits(path: Path, texts: list[str], *, max_length: int, batch_size: in
 
 
 def compare(name: str, variant: str, logits: np.ndarray, ref: np.ndarray, labels: np.ndarray, speed: float, size: float,
-            tol: Tolerance) -> Row:
+            tol: Tolerance, names: tuple[str, ...] = ()) -> Row:
     acc = float((logits.argmax(1) == labels).mean())
     ref_acc = float((ref.argmax(1) == labels).mean())
     diff = np.abs(logits - ref)
     row = Row(name, variant, acc, 100 * (acc - ref_acc), float((logits.argmax(1) == ref.argmax(1)).mean()),
               float(diff.max()), float(diff.mean()), speed, size)
+    if names:
+        row.per_class = report(confusion(labels, logits.argmax(1), len(names)), names)["per_class"]
     if tol.min_agreement is not None and row.agreement < tol.min_agreement:
         row.failures.append(f"agreement {row.agreement:.2%} < {tol.min_agreement:.2%}")
     if tol.max_abs_logit is not None and row.max_abs_logit > tol.max_abs_logit:
@@ -105,6 +109,12 @@ def format_table(rows: list[Row], n: int) -> str:
         verdict = "ref" if r.variant == "torch" else ("ok" if r.passed else "FAIL: " + "; ".join(r.failures))
         lines.append(f"{r.name[-32:]:32s} {r.variant:11s} {r.accuracy:7.2%} {r.acc_delta:+8.2f} {r.agreement:7.2%} "
                      f"{r.max_abs_logit:9.2e} {r.mean_abs_logit:9.2e} {r.examples_per_s:7.1f} {r.size_mib:6.1f}  {verdict}")
+    if any(r.per_class for r in rows):  # per-class F1 (precision / recall), a row per model
+        names = list(next(r.per_class for r in rows if r.per_class))
+        lines += ["", f"{'per-class F1 (precision/recall)':44s} " + " ".join(f"{n[:22]:>22s}" for n in names)]
+        for r in rows:
+            cells = [f"{c['f1']:.4f} ({c['precision']:.3f}/{c['recall']:.3f})" for c in (r.per_class[n] for n in names)]
+            lines.append(f"{(r.name[-32:] + ' ' + r.variant):44s} " + " ".join(f"{c:>22s}" for c in cells))
     return "\n".join(lines)
 
 

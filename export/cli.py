@@ -39,7 +39,8 @@ def export_main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, help="longest input in tokens (default: the model's positions)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading a pickle (.bin) checkpoint; only for files you trust")
     p.add_argument("--no-verify", action="store_true", help="skip the torch-vs-onnxruntime comparison")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max |Δlogit| accepted by verification")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="max |Δlogit| accepted by verification, relative: |Δ| <= T * max(1, max |logit|)")
     p.add_argument("--verify-data", help="JSONL/CSV/TXT of real texts for verification (first 32 used)")
     p.add_argument("--text-field", default="text")
     from .variants import VARIANTS
@@ -114,15 +115,15 @@ def check_main(argv: list[str] | None = None) -> int:
 
         from pcv.runtime.errors import ModelError
 
-        from .check import TOLERANCES, Row, Tolerance, compare, format_table, labelled_texts, onnx_logits, rows_json, torch_logits
+        from .check import TOLERANCES, Tolerance, compare, format_table, labelled_texts, onnx_logits, rows_json, torch_logits
         from .modeling import load_classifier
 
         model = load_classifier(a.model, allow_pickle=a.allow_pickle)
         texts, labels = labelled_texts(model, a.data, text_field=a.text_field, label_field=a.label_field, limit=a.limit)
         max_length = int(model.config.max_position_embeddings)
         ref, speed = torch_logits(model, texts, max_length=max_length, batch_size=a.batch_size)
-        ref_acc = float((ref.argmax(1) == labels).mean())
-        rows = [Row(Path(a.model).name, "torch", ref_acc, 0.0, 1.0, 0.0, 0.0, speed, 0.0)]
+        names = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
+        rows = [compare(Path(a.model).name, "torch", ref, ref, labels, speed, 0.0, Tolerance(), names)]
         for path in map(Path, a.variants):
             logits, vspeed, variant = onnx_logits(path, texts, max_length=max_length, batch_size=a.batch_size, provider=a.provider)
             over = {k: v for k, v in (("max_abs_logit", a.max_abs_logit), ("min_agreement", a.min_agreement),
@@ -132,7 +133,7 @@ def check_main(argv: list[str] | None = None) -> int:
                                  f"kinds: {', '.join(TOLERANCES)}; set them with --max-abs-logit / --min-agreement / "
                                  f"--max-acc-drop")
             tol = replace(TOLERANCES.get(variant, Tolerance()), **over)
-            rows.append(compare(path.name, variant, logits, ref, labels, vspeed, path.stat().st_size / 2**20, tol))
+            rows.append(compare(path.name, variant, logits, ref, labels, vspeed, path.stat().st_size / 2**20, tol, names))
     except PcvError as e:
         return _fail(str(e))
     print(format_table(rows, len(texts)))

@@ -94,7 +94,8 @@ def _is_local(model: str) -> bool:
     return Path(model).exists() or model.startswith((".", "/", "~")) or os.sep in model and Path(model).parent.exists()
 
 
-def load_classifier(model: str, *, allow_pickle: bool = False) -> PerceiverForSequenceClassification:
+def load_classifier(model: str, *, allow_pickle: bool = False, labels: dict[int, str] | None = None
+                    ) -> PerceiverForSequenceClassification:
     """Load a classifier from a local HF dir or a hub id (safetensors only unless allow_pickle).
 
     >>> m = load_classifier("models/imdb-perceiver")  # doctest: +SKIP
@@ -114,14 +115,16 @@ def load_classifier(model: str, *, allow_pickle: bool = False) -> PerceiverForSe
         if not has_st and not has_pickle:
             raise ModelError(f"{path}: no model.safetensors in the model dir")
         try:
-            m = PerceiverForSequenceClassification.from_pretrained(path, use_safetensors=has_st or not allow_pickle)
+            m = PerceiverForSequenceClassification.from_pretrained(path, use_safetensors=has_st or not allow_pickle,
+                                                                   **_head(labels))
         except (OSError, ValueError, RuntimeError) as e:
             raise ModelError(f"{path}: cannot load the model: {e}") from e
         return m.eval()
     if path.suffix in (".onnx", ".safetensors", ".bin") or _is_local(model):
         raise ModelError(f"{model}: no such model dir (give an HF model dir or a hub id)")
     try:
-        m = PerceiverForSequenceClassification.from_pretrained(model, use_safetensors=not allow_pickle or None)
+        m = PerceiverForSequenceClassification.from_pretrained(model, use_safetensors=not allow_pickle or None,
+                                                               **_head(labels))
     except OSError as e:
         raise ModelError(
             f"{model}: cannot load it from the Hugging Face Hub ({str(e).splitlines()[0]}). "
@@ -129,6 +132,15 @@ def load_classifier(model: str, *, allow_pickle: bool = False) -> PerceiverForSe
             "(config.json + model.safetensors)"
         ) from e
     return m.eval()
+
+
+def _head(labels: dict[int, str] | None) -> dict:
+    """from_pretrained options for a classification head of these labels (a fresh one when the
+    checkpoint's has another size: a masked-LM encoder, or a classifier of other labels)."""
+    if labels is None:
+        return {}
+    return {"num_labels": len(labels), "id2label": dict(labels), "label2id": {v: k for k, v in labels.items()},
+            "ignore_mismatched_sizes": True}
 
 
 def weights_hash(model: torch.nn.Module) -> str:

@@ -67,7 +67,9 @@ class ExportConfig:
     max_length: int | None = None  # None = the model's max_position_embeddings
     variant: str = "fp32"
     verify: bool = True
-    tolerance: float = 1e-4  # max |Δlogit| allowed between torch and ONNX
+    # max |Δlogit| allowed between torch and ONNX, relative to the logits' size: |Δ| <= tolerance * max(1, max |logit|)
+    # (float32 kernels that sum in another order differ by a few ulps of the largest value)
+    tolerance: float = 1e-4
     verify_texts: tuple[str, ...] = ()  # real text for verification (plus random bytes)
 
 
@@ -75,16 +77,19 @@ class ExportConfig:
 class VerifyReport:
     cases: list[dict] = field(default_factory=list)
     max_abs_diff: float = 0.0
+    max_scaled_diff: float = 0.0  # max |Δlogit| / max(1, max |logit|) over the cases
     agreement: float = 1.0
 
     def ok(self, tolerance: float) -> bool:
-        return self.max_abs_diff <= tolerance and self.agreement == 1.0
+        return self.max_scaled_diff <= tolerance and self.agreement == 1.0
 
     def format(self) -> str:
-        lines = [f"{'batch':>5} {'seq':>5} {'source':>7} {'max|Δlogit|':>12} {'agree':>6}"]
+        lines = [f"{'batch':>5} {'seq':>5} {'source':>7} {'max|Δlogit|':>12} {'max|logit|':>11} {'agree':>6}"]
         for c in self.cases:
-            lines.append(f"{c['batch']:>5} {c['seq']:>5} {c['source']:>7} {c['max_abs_diff']:>12.2e} {c['agreement']:>6.0%}")
-        lines.append(f"overall: max |Δlogit| {self.max_abs_diff:.2e}, label agreement {self.agreement:.1%}")
+            lines.append(f"{c['batch']:>5} {c['seq']:>5} {c['source']:>7} {c['max_abs_diff']:>12.2e} "
+                         f"{c['max_abs_logit']:>11.2f} {c['agreement']:>6.0%}")
+        lines.append(f"overall: max |Δlogit| {self.max_abs_diff:.2e} ({self.max_scaled_diff:.2e} of max(1, |logit|)), "
+                     f"label agreement {self.agreement:.1%}")
         return "\n".join(lines)
 
 
@@ -210,7 +215,10 @@ def verify_onnx(
                 agree = int((ref.argmax(1) == got.argmax(1)).sum())
                 agree_n += agree
                 agree_d += b
-                report.cases.append({"batch": b, "seq": seq, "source": source, "max_abs_diff": diff, "agreement": agree / b})
+                size = float(np.abs(ref).max())
+                report.cases.append({"batch": b, "seq": seq, "source": source, "max_abs_diff": diff,
+                                     "max_abs_logit": size, "agreement": agree / b})
                 report.max_abs_diff = max(report.max_abs_diff, diff)
+                report.max_scaled_diff = max(report.max_scaled_diff, diff / max(1.0, size))
     report.agreement = agree_n / agree_d
     return report

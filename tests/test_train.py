@@ -196,14 +196,19 @@ def test_set_attention_dropout_reaches_every_attention_and_the_config():
 
 def test_attention_dropout_flag_is_saved_and_checked(tmp_path, labelled, capsys):
     out = tmp_path / "m"
-    assert train_main([str(labelled), "--out", str(out), "--epochs", "1", *TINY]) == 0
-    assert "--attention-dropout 0 turns it off" in capsys.readouterr().out  # the model's 0.1 on a CPU: a hint
-    assert load_classifier(str(out)).config.attention_probs_dropout_prob == 0.1
-    out = tmp_path / "m0"
-    assert train_main([str(labelled), "--out", str(out), "--epochs", "1", "--attention-dropout", "0", *TINY]) == 0
+    assert train_main([str(labelled), "--out", str(out), "--epochs", "1", *TINY]) == 0  # a fresh model: 0 by default
     assert "turns it off" not in capsys.readouterr().out
     assert load_classifier(str(out)).config.attention_probs_dropout_prob == 0.0
     assert json.loads((out / "metrics.json").read_text())["config"]["attention_dropout"] == 0.0
+    out = tmp_path / "m1"
+    assert train_main([str(labelled), "--out", str(out), "--epochs", "1", "--attention-dropout", "0.1", *TINY]) == 0
+    assert load_classifier(str(out)).config.attention_probs_dropout_prob == 0.1
+    # a model trained on keeps its own; 0.1 on a CPU gets the hint
+    ft = tmp_path / "ft"
+    assert train_main([str(labelled), "--out", str(ft), "--epochs", "1", "--init-from", str(out), "--batch-size", "8",
+                       "--max-length", "128"]) == 0
+    assert "--attention-dropout 0 turns it off" in capsys.readouterr().out
+    assert load_classifier(str(ft)).config.attention_probs_dropout_prob == 0.1
     assert train_main([str(labelled), "--out", str(out), "--attention-dropout", "1.5", *TINY]) == 2
     assert "--attention-dropout 1.5: a probability in [0, 1)" in capsys.readouterr().err
 
@@ -297,3 +302,16 @@ def test_labels_come_from_the_data_and_the_run_reports_per_class(tmp_path, capsy
     assert m["validation"]["labels"] == ["food", "music", "sport"] and set(m["validation"]["per_class"]) == set(words)
     assert m["test"][str(test)]["n"] == 30 and "confusion" in said
     assert load_classifier(str(out)).config.id2label == {0: "food", 1: "music", 2: "sport"}
+
+
+def test_a_trained_model_gets_a_fresh_head_for_other_labels(tmp_path, labelled, capsys):
+    two = tmp_path / "two"
+    assert train_main([str(labelled), "--out", str(two), "--epochs", "1", *TINY]) == 0
+    rows = [json.loads(line) for line in labelled.read_text().splitlines()]
+    three = tmp_path / "three.jsonl"
+    three.write_text("".join(json.dumps({"text": r["text"], "label": ["a", "b", "c"][i % 3]}) + "\n" for i, r in enumerate(rows)))
+    out = tmp_path / "m"
+    assert train_main([str(three), "--out", str(out), "--init-from", str(two), "--epochs", "1", "--batch-size", "8",
+                       "--max-length", "128", "--eval-every", "3"]) == 0
+    assert "a fresh classification head for 3 labels (the checkpoint's has 2)" in capsys.readouterr().out
+    assert load_classifier(str(out)).config.id2label == {0: "a", 1: "b", 2: "c"}

@@ -66,8 +66,8 @@ def _add_run_flags(p: argparse.ArgumentParser, *, lr: float | None, warmup: int 
     p.add_argument("--no-group-by-length", dest="group_by_length", action="store_false",
                    help="batches of any lengths (default: batches of similar lengths, less padding)")
     p.add_argument("--attention-dropout", type=float, metavar="P",
-                   help="dropout on the attention probabilities while training (default: the model's config, 0.1 "
-                        "for fresh models); 0 makes CPU steps about 3x faster")
+                   help="dropout on the attention probabilities while training (default: 0 for a fresh model, the "
+                        "model's own with --init-from, 0.1 in the released configs); 0 makes CPU steps about 3x faster")
     p.add_argument("--limit", type=int, help=limit_help)
 
 

@@ -60,7 +60,7 @@ class PretrainConfig:
     bf16: bool = True  # autocast on CUDA and on CPUs with bf16 instructions (loop.bf16_autocast)
     group_by_length: bool = True  # batches of similar lengths (loop.group_by_length): less padding
     limit: int | None = None  # use only the first N texts (quick runs, tests)
-    attention_dropout: float | None = None  # None: the config's (0.1); 0 makes CPU steps much faster
+    attention_dropout: float | None = None  # None: 0, as for any fresh model (train.FRESH_ATTENTION_DROPOUT)
     fused_attention: bool = True  # train through torch's scaled_dot_product_attention (fastattn), as pcv-train
 
 
@@ -202,8 +202,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     val = [texts[i] for i in order0[:n_val]]
     pool = [texts[i] for i in order0[n_val:]]
     model = build_mlm(cfg).to(device).train()
-    if cfg.attention_dropout is not None:
-        set_attention_dropout(model, cfg.attention_dropout)
+    set_attention_dropout(model, cfg.attention_dropout if cfg.attention_dropout is not None else 0.0)
     if cfg.fused_attention:  # encoder and MLM decoder alike; the saved weights are the stock modules'
         use_fused_attention(model)
     run = start(model, pool_size=len(pool), batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr,
