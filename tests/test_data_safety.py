@@ -632,3 +632,42 @@ def test_csv_and_parquet_outputs_hold_the_jsonl_fields_and_resume(tmp_path, big,
 def test_a_format_that_needs_a_file_refuses_a_stream(tmp_path, src, model):
     r = cli(src, "--model", model, "--output-format", "parquet", "-q")
     assert r.returncode == 2 and "name a file" in r.stderr
+
+
+def test_every_help_shows_every_default():
+    """Each console script's --help: an option with a default says it (flags and unset options aside)."""
+    import argparse
+    import contextlib
+    import io
+
+    from pcv.bench.cli import main as bench_main
+    from pcv.export.cli import check_main, export_main
+    from pcv.runtime.cli import main as batch_main
+    from pcv.train.cli import pretrain_main, soup_main, train_main
+
+    for prog in (batch_main, export_main, check_main, train_main, pretrain_main, soup_main, bench_main):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+            prog(["--help"])
+        text = " ".join(buf.getvalue().split())
+        assert "default" in text, prog
+    captured: list[argparse.ArgumentParser] = []
+    real = argparse.ArgumentParser.parse_args
+
+    def grab(self, *a, **k):
+        captured.append(self)
+        return real(self, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(argparse.ArgumentParser, "parse_args", grab)
+        for prog in (batch_main, export_main, check_main, train_main, pretrain_main, soup_main, bench_main):
+            with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit):
+                prog(["--help"])
+    for parser in captured:
+        for action in parser._actions:
+            d = action.default
+            if not action.option_strings or d is None or d is False or d in ([], ()) or d is argparse.SUPPRESS:
+                continue
+            if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction)):
+                continue
+            assert "default" in (action.help or "").lower(), (parser.prog, action.option_strings)

@@ -124,8 +124,20 @@ def test_export_variants_and_pcv_check_cli(tmp_path, tiny_dir, reviews, capsys):
     rows = json.loads(js.read_text())
     assert [r["variant"] for r in rows] == ["torch", "fp32", "optimized", "fp16"]
     assert rows[1]["agreement"] == 1.0 and rows[1]["max_abs_logit"] <= 1e-4
+    assert set(rows[1]["per_class"]) == {"neg", "pos"} and "per-class F1" in table
     # an impossible tolerance makes the check fail with exit 1
     assert check_main([str(tiny_dir), str(out), "--data", str(data), "--max-abs-logit", "0"]) == 1
+    # a variant of a kind pcv-check has no tolerances for is refused, unless they are given
+    import onnx
+
+    weird = tmp_path / "weird.onnx"
+    proto = onnx.load(str(out))
+    next(p for p in proto.metadata_props if p.key == "pcv.variant").value = "int4"
+    onnx.save(proto, str(weird))
+    capsys.readouterr()
+    assert check_main([str(tiny_dir), str(weird), "--data", str(data)]) == 2
+    assert "variant kind 'int4'" in capsys.readouterr().err
+    assert check_main([str(tiny_dir), str(weird), "--data", str(data), "--max-abs-logit", "1e-4"]) == 0
 
 
 def test_a_fusion_that_changes_answers_is_refused(src, monkeypatch, tmp_path):
