@@ -77,7 +77,7 @@ def _shifts(value: str) -> tuple[int, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pcv-batch", description="Classify reviews in JSONL, CSV or text files.",
+    p = argparse.ArgumentParser(prog="pcv-batch", description="Classify texts in JSONL, CSV or text files with an ONNX Perceiver classifier.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL/CSV/TXT files (.gz ok), or - for stdin")
     p.add_argument("-o", "--output", default="-", help="predictions JSONL (default: - , stdout)")
@@ -99,8 +99,8 @@ def _parser() -> argparse.ArgumentParser:
                         "default), or also their last ones and average the two (head-tail: one more run per long text)")
     p.add_argument("--shifts", default="0", type=_shifts, metavar="S,S,...",
                    help="read each text once per shift, after S leading spaces, and average the probabilities: "
-                        "0,4 moves every byte by half of the bundled model's 8-byte latent patch (+0.8 pt on its "
-                        "validation reviews at half the records/s; default 0: one read)")
+                        "0,4 moves every byte by half of the bundled model's 8-byte latent patch (twice the work; "
+                        "its gain is not established on unseen texts; default 0: one read)")
     p.add_argument("--format", choices=["jsonl", "csv", "txt"], help="input format (default: from the suffix; stdin: jsonl)")
     p.add_argument("--text-field", default="text", help="JSONL key / CSV column of the text (default: text)")
     p.add_argument("--id-field", default="id", help="JSONL key / CSV column of the id, else the line number (default: id)")

@@ -12,6 +12,10 @@ from collections.abc import Callable
 
 from .errors import PcvError
 
+# A missing optional library -> the extra that installs it (pyproject.toml)
+_EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "onnxscript": "export", "safetensors": "export",
+           "sklearn": "train", "matplotlib": "bench", "optimum": "bench", "pyarrow": "parquet"}
+
 
 def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add "(default: X)" to each option's help that does not already say its default."""
@@ -50,6 +54,13 @@ def console_script(prog: str) -> Callable[[Callable[[list[str] | None], int]], C
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 return 130
+            except ModuleNotFoundError as e:
+                extra = _EXTRAS.get((e.name or "").split(".")[0])
+                if extra is not None:
+                    print(f"{prog}: error: {prog} needs {e.name}, which is not installed: pip install \"pcv[{extra}]\"",
+                          file=sys.stderr)
+                else:
+                    print(f"{prog}: internal error: ModuleNotFoundError: {e} (a bug in pcv: please report it)", file=sys.stderr)
             except OSError as e:
                 print(f"{prog}: error: {describe_os_error(e)}", file=sys.stderr)
             except Exception as e:

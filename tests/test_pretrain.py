@@ -120,3 +120,13 @@ def test_fused_attention_gives_the_mlm_its_stock_logits_and_gradients():
                      m.perceiver.input_preprocessor.embeddings.weight.grad.clone()))
     for a, b in zip(*outs):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_pretrain_evaluates_texts_shorter_than_max_length(tmp_path):
+    data = tmp_path / "short.jsonl"
+    data.write_text("".join(json.dumps({"text": f"short text number {i}"}) + "\n" for i in range(60)))
+    out = tmp_path / "mlm"
+    assert pretrain_main([str(data), "--out", str(out), "--device", "cpu", "--num-latents", "16", "--d-latents", "32",
+                          "--d-model", "32", "--num-layers", "1", "--self-heads", "2", "--cross-heads", "2",
+                          "--max-length", "256", "--batch-size", "8", "--epochs", "0.5", "--warmup-steps", "1"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["history"]

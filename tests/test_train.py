@@ -312,6 +312,6 @@ def test_a_trained_model_gets_a_fresh_head_for_other_labels(tmp_path, labelled, 
     three.write_text("".join(json.dumps({"text": r["text"], "label": ["a", "b", "c"][i % 3]}) + "\n" for i, r in enumerate(rows)))
     out = tmp_path / "m"
     assert train_main([str(three), "--out", str(out), "--init-from", str(two), "--epochs", "1", "--batch-size", "8",
-                       "--max-length", "128", "--eval-every", "3"]) == 0
+                       "--eval-every", "3"]) == 0  # no --max-length: the model's own positions
     assert "a fresh classification head for 3 labels (the checkpoint's has 2)" in capsys.readouterr().out
     assert load_classifier(str(out)).config.id2label == {0: "a", 1: "b", 2: "c"}

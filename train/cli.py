@@ -190,7 +190,8 @@ def train_main(argv: list[str] | None = None) -> int:
         m = train(cfg)
     except PcvError as e:
         return _fail(str(e))
-    print(f"best validation accuracy {m['best_val_accuracy']:.4f} after {m['steps']} steps; model in {a.out}")
+    best = max(m["history"], key=lambda h: h["val_accuracy"], default={"step": m["steps"]})
+    print(f"best validation accuracy {m['best_val_accuracy']:.4f} (step {best['step']} of {m['steps']}); model in {a.out}")
     return 0
 
 

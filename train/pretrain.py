@@ -178,7 +178,7 @@ def masked_accuracy(model, texts: list[str], cfg: PretrainConfig, device, batch_
         x, y = span_mask(enc.input_ids, enc.attention_mask, rng, rate=cfg.mask_rate, mean_span=cfg.mean_span, max_span=cfg.max_span)
         with bf16_autocast(device, cfg.bf16):
             logits = model(inputs=torch.from_numpy(x).to(device), attention_mask=torch.from_numpy(enc.attention_mask).to(device)).logits
-        pred = logits.argmax(-1).cpu().numpy()
+        pred = logits[:, : y.shape[1]].argmax(-1).cpu().numpy()  # logits cover max_length; the batch may be shorter
         sel = y != IGNORE
         right += int((pred[sel] == y[sel]).sum())
         total += int(sel.sum())

@@ -344,7 +344,7 @@ def build_model(cfg: TrainConfig, data: Data) -> PerceiverForSequenceClassificat
         model = load_classifier(cfg.init_from, labels=data.id2label).float()
         print(f"{cfg.init_from}: a fresh classification head for {data.num_labels} labels (the checkpoint's has {had}); "
               "the encoder is the checkpoint's", flush=True)
-    if cfg.max_length > (old := model.config.max_position_embeddings):
+    if cfg.max_length and cfg.max_length > (old := model.config.max_position_embeddings):
         extend_positions(model, cfg.max_length)
         print(f"{cfg.init_from}: {old} positions extended to {cfg.max_length} (learned position embeddings repeated "
               f"every {position_period(model.config)}; texts that fit the old length give the same logits)", flush=True)
