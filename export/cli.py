@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pcv.runtime.console import console_script, show_defaults
+from pcv.runtime.console import fail as _fail
 from pcv.runtime.errors import PcvError
 
-
-def _fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
-
-
+# Real-text samples for export verification when no --verify-data is given: English reviews of
+# several lengths, non-ASCII, emoji and a literal special token.
 SAMPLE_TEXTS = (
     "A wonderful, warm film. The cast is superb and the ending made me cry. Highly recommended!",
     "Terrible. The plot makes no sense, the dialogue is wooden and the effects look cheap. " * 6,

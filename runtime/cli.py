@@ -30,6 +30,7 @@ from .console import console_script, describe_os_error, show_defaults
 from .errors import InputError, PcvError
 from .formats import FORMATS, convert, output_format
 from .metrics import format_report, report, write_report
+from .modelfile import file_sha256
 from .outputs import LineSink, OutputLock, Target, check_distinct, fsync_dir, new_part_name, remove_stale, target
 from .pipeline import LONG_TEXT, Result, classify_records
 from .readers import FieldNotFoundError, ReaderConfig, ReadProgress, Record, check_input_path, detect_format, is_stream, label_index, read_records
@@ -466,7 +467,7 @@ def _publish_converted(job: Job, part: Path, labels: tuple[str, ...], state: rs.
     finally:
         conv.unlink(missing_ok=True)
     if state is not None:
-        state.final_sha256 = rs.file_sha256(tgt.path).hexdigest()
+        state.final_sha256 = file_sha256(tgt.path)
         rs.save_state(tgt.path, state)
     part.unlink(missing_ok=True)
 
@@ -476,7 +477,7 @@ def n_records(job: Job) -> int:
     return sum(1 for _ in _all_records(job.inputs, job.reader))
 
 
-def _finish_complete(job: Job, state: rs.State, labels: tuple[str, ...] = ()) -> int:
+def _finish_complete(job: Job, state: rs.State, labels: tuple[str, ...]) -> int:
     """--resume of a finished job: check its files (and do the renames a kill may have cut short)."""
     for tgt, part, size, sha, what, lines in (
             (job.output, state.out_part, state.out_bytes, state.out_sha256, "predictions", state.classified),
@@ -485,7 +486,7 @@ def _finish_complete(job: Job, state: rs.State, labels: tuple[str, ...] = ()) ->
             continue
         if tgt is job.output and job.out_format != "jsonl":
             staged = tgt.path.parent / part
-            if state.final_sha256 and tgt.path.is_file() and rs.file_sha256(tgt.path).hexdigest() == state.final_sha256:
+            if state.final_sha256 and tgt.path.is_file() and file_sha256(tgt.path) == state.final_sha256:
                 staged.unlink(missing_ok=True)
                 continue
             if staged.is_file() and rs.verify_whole(staged, size, sha, lines) and n_records(job) == state.records:
@@ -506,8 +507,7 @@ def _finish_complete(job: Job, state: rs.State, labels: tuple[str, ...] = ()) ->
           f"classified, {state.failed:,} failed" + (f", errors in {job.errors.given}" if state.failed else "") + ")",
           file=sys.stderr)
     if job.reader.label_field and state.confusion:
-        score = Score(tuple(f"{i}" for i in range(len(state.confusion))), state)
-        score.names = labels or score.names
+        score = Score(labels, state)
         print(f"pcv-batch: {score.summary(job.reader.label_field, resumed=False)}", file=sys.stderr)
         rep = report(score.matrix, score.names)
         print(format_report(rep), file=sys.stderr)

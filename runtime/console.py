@@ -17,6 +17,12 @@ _EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "onnxs
            "sklearn": "train", "matplotlib": "bench", "optimum": "bench", "pyarrow": "parquet"}
 
 
+def fail(msg: str) -> int:
+    """A usage error a console script found itself: one line on stderr, exit 2."""
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
 def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add "(default: X)" to each option's help that does not already say its default."""
     for action in parser._actions:

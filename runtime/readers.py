@@ -111,10 +111,8 @@ def detect_format(path: str, explicit: str | None = None) -> str:
     return fmt
 
 
-def _utf8_error(raw: bytes, line: int, e: UnicodeDecodeError) -> str:
-    if line == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return "invalid UTF-8: the file starts with a UTF-16 byte-order mark; convert it to UTF-8 (iconv -f UTF-16 -t UTF-8)"
-    return f"invalid UTF-8 at byte {e.start}"
+def _utf8_error(e: UnicodeDecodeError) -> str:
+    return f"invalid UTF-8 at byte {e.start}"  # a UTF-16 file is told apart before its lines (_whole_file_problem)
 
 
 def _binary_lines(stream: IO[bytes], path: str, limit: int) -> Iterator[tuple[int, bytes | None, str | None, bool]]:
@@ -245,7 +243,7 @@ def _read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig, probe: _FieldPr
             decoded = raw.decode("utf-8")
             obj = json.loads(decoded, parse_constant=_no_constants)
         except UnicodeDecodeError as e:
-            yield Record(line, line, None, error=_utf8_error(raw, line, e))
+            yield Record(line, line, None, error=_utf8_error(e))
             continue
         except json.JSONDecodeError as e:
             yield Record(line, line, None, error=f"invalid JSON: {e.msg} at column {e.colno}")
@@ -288,7 +286,7 @@ def read_txt(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record
             try:
                 yield Record(n, n, piece.decode("utf-8"))
             except UnicodeDecodeError as e:
-                yield Record(n, n, None, error=_utf8_error(piece, n, e))
+                yield Record(n, n, None, error=_utf8_error(e))
         extra += len(pieces) - 1
 
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import PcvError
+from .modelfile import file_sha256
 
 STATE_VERSION = 2
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -29,12 +30,8 @@ def state_path(output: Path) -> Path:
     return Path(str(output) + ".pcv-state.json")
 
 
-def file_sha256(path: str | Path, limit: int | None = None) -> hashlib._Hash:
-    """sha256 of a file's first `limit` bytes (all when None), as a hasher that can go on."""
-    return _digest_and_lines(path, limit)[0]
-
-
 def _digest_and_lines(path: str | Path, limit: int | None = None) -> tuple[hashlib._Hash, int]:
+    """sha256 of a file's first `limit` bytes (all when None), as a hasher that can go on, and their line breaks."""
     h = hashlib.sha256()
     lines = 0
     left = limit
@@ -53,9 +50,9 @@ def _digest_and_lines(path: str | Path, limit: int | None = None) -> tuple[hashl
 def fingerprint(inputs: list[str], model: Path, options: dict) -> dict:
     """What a resumed job must share with the interrupted one: inputs by content, the model, the options."""
     def file_id(p: str) -> dict:
-        return {"path": os.path.abspath(p), "size": os.path.getsize(p), "sha256": file_sha256(p).hexdigest()}
+        return {"path": os.path.abspath(p), "size": os.path.getsize(p), "sha256": file_sha256(p)}
 
-    return {"inputs": [file_id(p) for p in inputs], "model_sha256": file_sha256(model).hexdigest(), "options": options}
+    return {"inputs": [file_id(p) for p in inputs], "model_sha256": file_sha256(model), "options": options}
 
 
 @dataclass

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pcv.runtime.console import console_script, show_defaults
+from pcv.runtime.console import fail as _fail
 from pcv.runtime.errors import PcvError
-
-
-def _fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
-
 
 # Size flags of a fresh model (pcv-train, pcv-pretrain) -> ModelSize fields; unset ones come from --size.
 _SIZE_FLAGS = ("num_latents", "d_latents", "d_model", "num_layers", "self_heads", "cross_heads", "cross_widening",
@@ -233,8 +227,6 @@ def pretrain_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# Real-text samples for export verification when no --verify-data is given: English reviews of
-# several lengths, non-ASCII, emoji and a literal special token.
 @console_script("pcv-soup")
 def soup_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(

@@ -112,8 +112,8 @@ def patch_init(model: PerceiverForSequenceClassification, *, sharpness: float = 
     Latent i, cross-attention head h attends to byte i * W + h (W = max_length / num_latents), so
     each latent starts as a learned linear map of one W-byte patch and the latent self-attention
     starts as a transformer over patches. With the default init the cross-attention is uniform:
-    every latent holds the review's average byte and the classifier gets almost no gradient
-    (DESIGN.md). Position channels live in the first half of d_model, byte channels in the second,
+    every latent holds the review's average byte and the classifier gets almost no gradient.
+    Position channels live in the first half of d_model, byte channels in the second,
     so keys start content-free and training can add content later.
     """
     cfg = model.config
