@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import re
 import secrets
 import stat
 import sys
@@ -24,9 +23,6 @@ from pathlib import Path
 from typing import IO
 
 from .errors import PcvError
-
-PART_SUFFIX = re.compile(r"\.pcv-[0-9a-f]{8}\.part")
-
 
 class OutputError(PcvError):
     """An output cannot be written where it was asked for, or would overwrite an input, the model or another writer."""
