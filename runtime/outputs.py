@@ -24,6 +24,7 @@ from typing import IO
 
 from .errors import PcvError
 
+
 class OutputError(PcvError):
     """An output cannot be written where it was asked for, or would overwrite an input, the model or another writer."""
 
