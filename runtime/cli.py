@@ -80,7 +80,7 @@ def _shifts(value: str) -> tuple[int, ...]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pcv-batch", description="Classify texts in JSONL, CSV or text files with an ONNX Perceiver classifier.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL/CSV/TXT files (.gz ok), or - for stdin")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL/CSV/TXT files (.gz ok), Parquet files, or - for stdin")
     p.add_argument("-o", "--output", default="-", help="predictions JSONL (default: - , stdout)")
     p.add_argument("--output-format", choices=FORMATS,
                    help="jsonl, csv or parquet (default: from -o's suffix, else jsonl); csv and parquet are written "
@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="read each text once per shift, after S leading spaces, and average the probabilities: "
                         "0,4 moves every byte by half of the bundled model's 8-byte latent patch (twice the work; "
                         "its gain is not established on unseen texts; default 0: one read)")
-    p.add_argument("--format", choices=["jsonl", "csv", "txt"], help="input format (default: from the suffix; stdin: jsonl)")
+    p.add_argument("--format", choices=["jsonl", "csv", "txt", "parquet"], help="input format (default: from the suffix; stdin: jsonl)")
     p.add_argument("--text-field", default="text", help="JSONL key / CSV column of the text (default: text)")
     p.add_argument("--id-field", default="id", help="JSONL key / CSV column of the id, else the line number (default: id)")
     p.add_argument("--label-field", help="score the predictions against this field (label names or ids) and "
@@ -116,6 +116,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue an interrupted run of the same command (needs -o FILE and file inputs); "
                         "refuses other inputs/model/options")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("on a Ray cluster (pip install \"pcv[ray]\"; docs/cluster.md)")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: Ray Data actors on a Ray cluster, -o names a directory "
+                        "of part-NNNNN.jsonl|parquet, errors-NNNNN.jsonl, manifest.json and _SUCCESS")
+    g.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                   help="the cluster to join (default: start a local Ray instance)")
+    g.add_argument("--actors", type=_positive, help="actors classifying at once (default: as many as the cluster's "
+                   "CPUs, or GPUs with --gpus-per-actor, hold)")
+    g.add_argument("--cpus-per-actor", type=_positive, help="CPUs per actor, its ONNX Runtime intra-op threads (default: 1)")
+    g.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (default: 0); with --provider cuda or tensorrt")
+    g.add_argument("--shard-records", type=_positive, metavar="N",
+                   help="lines (Parquet: rows) per shard, the unit a worker commits and a retry repeats (default: about "
+                        "4 shards per actor, 512 to 32768, rounded up to a multiple of 256)")
     return p
 
 
@@ -286,6 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     job: Job | None = None
     with _signals_as_interrupts():
         try:
+            if args.engine == "ray":
+                from .cluster import run
+
+                return run(args, argv)
+            for flag in ("ray_address", "actors", "cpus_per_actor", "gpus_per_actor", "shard_records"):
+                if getattr(args, flag) is not None:
+                    raise InputError(f"--{flag.replace('_', '-')} needs --engine ray")
             job = _job(args, argv)
             return _run(job, args)
         except PcvError as e:

@@ -49,19 +49,22 @@ def _rows(part: Path, labels: tuple[str, ...]) -> Iterator[list[Any]]:
         for line in f:
             d = json.loads(line, parse_int=JsonNumber, parse_float=JsonNumber)
             row = [d["input"]] if "input" in d else []
+            row += [int(d["line"])] if "line" in d else []
             row += [_id_text(d["id"]), d["label"], float(d["score"])]
             row += [float(d["probs"][name]) for name in labels]
             row.append(bool(d.get("truncated", False)))
             yield row
 
 
-def columns(labels: tuple[str, ...], multi: bool) -> list[str]:
-    return (["input"] if multi else []) + ["id", "label", "score"] + [f"prob_{n}" for n in labels] + ["truncated"]
+def columns(labels: tuple[str, ...], multi: bool, line: bool = False) -> list[str]:
+    return ((["input"] if multi else []) + (["line"] if line else []) + ["id", "label", "score"] +
+            [f"prob_{n}" for n in labels] + ["truncated"])
 
 
-def convert(part: Path, dest: Path, fmt: str, labels: tuple[str, ...], multi: bool) -> None:
-    """Write the staged JSON lines `part` as `fmt` to `dest` (a temporary name, fsynced; the caller renames)."""
-    WRITERS[fmt](part, dest, labels, columns(labels, multi))
+def convert(part: Path, dest: Path, fmt: str, labels: tuple[str, ...], multi: bool, line: bool = False) -> None:
+    """Write the staged JSON lines `part` as `fmt` to `dest` (a temporary name, fsynced; the caller renames);
+    `line`: the records carry their line (the parts of --engine ray)."""
+    WRITERS[fmt](part, dest, labels, columns(labels, multi, line))
     with open(dest, "rb") as f:
         os.fsync(f.fileno())
 
@@ -78,7 +81,7 @@ def _parquet(part: Path, dest: Path, labels: tuple[str, ...], cols: list[str]) -
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    types = {"input": pa.string(), "id": pa.string(), "label": pa.string(), "score": pa.float64(), "truncated": pa.bool_()}
+    types = {"input": pa.string(), "line": pa.int64(), "id": pa.string(), "label": pa.string(), "score": pa.float64(), "truncated": pa.bool_()}
     schema = pa.schema([(c, types.get(c, pa.float64())) for c in cols])
     with pq.ParquetWriter(dest, schema) as w:
         chunk: list[list[Any]] = []

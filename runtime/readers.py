@@ -17,7 +17,7 @@ import re
 import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -115,13 +115,15 @@ def _utf8_error(e: UnicodeDecodeError) -> str:
     return f"invalid UTF-8 at byte {e.start}"  # a UTF-16 file is told apart before its lines (_whole_file_problem)
 
 
-def _binary_lines(stream: IO[bytes], path: str, limit: int) -> Iterator[tuple[int, bytes | None, str | None, bool]]:
-    """(line number, raw line without its newline or None, error, fatal).
+def _binary_lines(stream: IO[bytes], path: str, limit: int, first_line: int = 1
+                  ) -> Iterator[tuple[int, bytes | None, str | None, bool]]:
+    """(line number, raw line without its newline or None, error, fatal); `first_line`: the number of
+    the stream's first line (a byte range of a file starts past its line 1).
 
     A line over `limit` bytes is skipped in 1 MiB chunks (never held whole) and comes out as an
     error; a broken file (truncated .gz, read error) ends the stream with a fatal error.
     """
-    line = 0
+    line = first_line - 1
     try:
         while raw := stream.readline(limit + 1):
             line += 1
@@ -144,9 +146,10 @@ def _binary_lines(stream: IO[bytes], path: str, limit: int) -> Iterator[tuple[in
         yield line + 1, None, f"{path}: file is damaged after line {line} ({type(e).__name__}: {e})", True
 
 
-def _records_lines(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[tuple[int, bytes | None, str | None]]:
+def _records_lines(stream: IO[bytes], path: str, cfg: ReaderConfig, first_line: int = 1
+                   ) -> Iterator[tuple[int, bytes | None, str | None]]:
     """Non-blank lines as (line, raw, None), bad ones as (line, None, error); ends after a fatal error."""
-    for line, raw, bad, fatal in _binary_lines(stream, path, cfg.max_line_bytes):
+    for line, raw, bad, fatal in _binary_lines(stream, path, cfg.max_line_bytes, first_line):
         if bad is not None:
             yield line, None, bad
             if fatal:
@@ -227,14 +230,15 @@ class _FieldProbe:
                                  f"pass --text-field with the key that holds the text")
 
 
-def read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record]:
+def read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig, first_line: int = 1) -> Iterator[Record]:
     probe = _FieldProbe(path, cfg)
-    yield from _read_jsonl(stream, path, cfg, probe)
+    yield from _read_jsonl(stream, path, cfg, probe, first_line)
     probe.end()
 
 
-def _read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig, probe: _FieldProbe) -> Iterator[Record]:
-    for line, raw, bad in _records_lines(stream, path, cfg):
+def _read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig, probe: _FieldProbe, first_line: int = 1
+                ) -> Iterator[Record]:
+    for line, raw, bad in _records_lines(stream, path, cfg, first_line):
         if bad is not None:
             yield Record(line, line, None, error=bad)
             continue
@@ -271,9 +275,9 @@ def _read_jsonl(stream: IO[bytes], path: str, cfg: ReaderConfig, probe: _FieldPr
         yield Record(line, rid, text if err is None else None, label, err)
 
 
-def read_txt(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record]:
+def read_txt(stream: IO[bytes], path: str, cfg: ReaderConfig, first_line: int = 1) -> Iterator[Record]:
     extra = 0  # line breaks that were a lone CR (classic Mac files): each one starts a new line too
-    for line, raw, bad in _records_lines(stream, path, cfg):
+    for line, raw, bad in _records_lines(stream, path, cfg, first_line):
         if bad is not None:
             yield Record(line + extra, line + extra, None, error=bad)
             continue
@@ -343,12 +347,60 @@ def read_csv(stream: IO[bytes], path: str, cfg: ReaderConfig) -> Iterator[Record
         yield Record(line, rid, text, row[li] if li is not None else None)
 
 
-READERS: dict[str, Callable[[IO[bytes], str, ReaderConfig], Iterator[Record]]] = {
+PARQUET_BATCH = 8192  # rows decoded at a time
+
+
+def read_parquet(stream: IO[bytes], path: str, cfg: ReaderConfig, first_line: int = 1,
+                 row_groups: Sequence[int] | None = None) -> Iterator[Record]:
+    """Parquet rows as records, `line` the 1-based row number (`first_line`: the number of the
+    first row of `row_groups`, when only some are read). A null or non-string text is a bad record;
+    a missing text column, or one that holds no strings, is an InputError for the file."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(f'{path}: reading Parquet needs pyarrow: pip install "pcv[parquet]"') from None
+    try:
+        pf = pq.ParquetFile(stream)
+    except (pa.ArrowException, OSError) as e:
+        yield Record(1, 1, None, error=f"{path}: not a readable Parquet file ({e})")
+        return
+    names = pf.schema_arrow.names
+    if cfg.text_field not in names:
+        raise FieldNotFoundError(f"{path}: no column {cfg.text_field!r} in {names}; pass --text-field")
+    if not pa.types.is_string(t := pf.schema_arrow.field(cfg.text_field).type) and not pa.types.is_large_string(t):
+        raise InputError(f"{path}: column {cfg.text_field!r} is {t}, expected strings")
+    if cfg.label_field and cfg.label_required and cfg.label_field not in names:
+        raise InputError(f"{path}: no column {cfg.label_field!r} in {names}")
+    cols = [c for c in dict.fromkeys((cfg.text_field, cfg.id_field, cfg.label_field)) if c and c in names]
+    row = first_line
+    try:
+        for batch in pf.iter_batches(PARQUET_BATCH, row_groups=row_groups, columns=cols):
+            data = batch.to_pydict()
+            texts = data[cfg.text_field]
+            ids = data.get(cfg.id_field) if cfg.id_field else None
+            labels = data.get(cfg.label_field) if cfg.label_field else None
+            for k, text in enumerate(texts):
+                rid = ids[k] if ids is not None and ids[k] is not None else row
+                if text is None:
+                    yield Record(row, rid, None, error=f"field {cfg.text_field!r} is null")
+                elif _has_surrogates(text):
+                    yield Record(row, rid, None, error=f"invalid UTF-8 in column {cfg.text_field!r}")
+                else:
+                    yield Record(row, rid, text, labels[k] if labels is not None else None)
+                row += 1
+    except (pa.ArrowException, OSError) as e:
+        yield Record(row, row, None, error=f"{path}: file is damaged at row {row} ({type(e).__name__}: {e})")
+
+
+READERS: dict[str, Callable[..., Iterator[Record]]] = {
     "jsonl": read_jsonl,
     "csv": read_csv,
     "txt": read_txt,
+    "parquet": read_parquet,
 }
-_SUFFIXES = {"jsonl": "jsonl", "ndjson": "jsonl", "json": "jsonl", "csv": "csv", "txt": "txt", "text": "txt"}
+_SUFFIXES = {"jsonl": "jsonl", "ndjson": "jsonl", "json": "jsonl", "csv": "csv", "txt": "txt", "text": "txt",
+             "parquet": "parquet", "pq": "parquet"}
 
 
 @dataclass
@@ -377,15 +429,32 @@ def read_records(path: str, cfg: ReaderConfig = ReaderConfig(), progress: ReadPr
     if progress is not None and stream is not sys.stdin.buffer:
         progress.current = getattr(stream, "fileobj", None) or stream  # a GzipFile's compressed file
     try:
-        if (bad := _whole_file_problem(stream, path)) is not None:
-            yield Record(1, 1, None, error=bad)  # one error for the file, not one per line of garbage
-            return
-        yield from READERS[fmt](stream, path, cfg)
+        yield from read_stream(stream, path, cfg, fmt=fmt)
     finally:
         if progress is not None and progress.current is not None:
             progress.done, progress.current = progress.done + os.path.getsize(path), None
         if stream is not sys.stdin.buffer:
             stream.close()
+
+
+def read_stream(stream: IO[bytes], path: str, cfg: ReaderConfig, *, fmt: str, first_line: int = 1,
+                row_groups: Sequence[int] | None = None) -> Iterator[Record]:
+    """The records of an open file or of a part of one (`first_line` > 1: a byte range that starts
+    at that line; Parquet: `row_groups`, whose first row is `first_line`). A part past the file's
+    start skips the whole-file checks and the wrong --text-field probe, which read a file's head."""
+    if first_line == 1 and (bad := _whole_file_problem(stream, path)) is not None:
+        yield Record(1, 1, None, error=bad)  # one error for the file, not one per line of garbage
+        return
+    if first_line > 1 and cfg.probe_text_field:
+        cfg = replace(cfg, probe_text_field=0)
+    if fmt == "parquet":
+        yield from read_parquet(stream, path, cfg, first_line, row_groups)
+    elif fmt == "csv":
+        if first_line != 1:
+            raise ValueError("a CSV file is read whole: a quoted field may hold line breaks")
+        yield from read_csv(stream, path, cfg)
+    else:
+        yield from READERS[fmt](stream, path, cfg, first_line)
 
 
 def _whole_file_problem(stream: IO[bytes], path: str) -> str | None:

@@ -32,7 +32,7 @@ def _line(head: dict[str, Any], rec_id: Any, tail: dict[str, Any]) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
-def prediction_line(res: Result, id2label: dict[int, str], source: str | None = None) -> str:
+def prediction_line(res: Result, id2label: dict[int, str], source: str | None = None, line: int | None = None) -> str:
     assert res.probs is not None
     best = int(np.argmax(res.probs))
     tail: dict[str, Any] = {
@@ -42,7 +42,10 @@ def prediction_line(res: Result, id2label: dict[int, str], source: str | None = 
     }
     if res.truncated:
         tail["truncated"] = True
-    return _line({"input": source} if source is not None else {}, res.record.id, tail)
+    head: dict[str, Any] = {"input": source} if source is not None else {}
+    if line is not None:  # --engine ray: the parts of a job are joined back by (input, line)
+        head["line"] = line
+    return _line(head, res.record.id, tail)
 
 
 def error_line(res: Result, source: str) -> str:
