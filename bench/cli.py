@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pcv.runtime.console import console_script, show_defaults
 from pcv.runtime.errors import PcvError
@@ -52,7 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench-out")
     p.add_argument("--memory", metavar="SIZES", help="instead: peak RSS and throughput over time of pcv-batch on "
                    "files of SIZES records, e.g. 10000,100000,1000000 (tiny random model unless --model)")
+    p.add_argument("--ray", metavar="ACTORS", help="instead: pcv-batch --engine ray with these actor counts (e.g. 1,2) "
+                   "against the local engine on --data cycled to --limit records (pip install \"pcv[ray]\")")
     a = show_defaults(p).parse_args(argv)
+    if a.ray:
+        from .cluster import ClusterBenchConfig, run_cluster_bench
+
+        res = run_cluster_bench(ClusterBenchConfig(actors=_ints(a.ray), model=a.model, data=a.data, records=a.limit,
+                                                   repeats=max(1, a.engine_repeats), out=a.out))
+        print(Path(a.out, "cluster.md").read_text())
+        return 0 if res["runs"] else 2
     if a.memory:
         from .memory import MemoryConfig, memory_markdown, run_memory
 
@@ -74,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     except PcvError as e:
         print(f"pcv-bench: error: {e}", file=sys.stderr)
         return 2
-    from pathlib import Path
-
     files = write_report(result, Path(cfg.out))
     print(Path(cfg.out, "bench.md").read_text())
     print("wrote " + ", ".join(map(str, files)), file=sys.stderr)

@@ -44,6 +44,8 @@ INIT_DEATHS = 3  # actors that fail to start in a row before the job stops (a mo
 
 
 def import_ray():
+    # Ray Data's own notes (progress bars off, dataset finished) stay out of pcv-batch's stderr unless asked for
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "INFO" if os.environ.get("PCV_RAY_LOG") == "1" else "ERROR")
     try:
         import ray
         import ray.data  # noqa: F401
@@ -60,7 +62,8 @@ class ShardWorker:
     A problem that stops the whole job (the model or provider cannot be used, an input cannot be read)
     comes back as {"fatal": message}, so that the driver stops with pcv's message, not a Ray traceback."""
 
-    def __init__(self, model: list, model_sha256: str, engine: dict, reader: dict, out_dir: str, out_format: str) -> None:
+    def __init__(self, model: list, model_sha256: str, engine: dict, reader: dict, out_dir: str,
+                 out_format: str) -> None:
         import ray
 
         from .api import TextClassifier
@@ -298,11 +301,7 @@ def _intact(out: OutDir, part: dict) -> bool:
 
 def _init_ray(ray, args: argparse.Namespace) -> bool:
     """Connect to --ray-address, or start a local instance (True: this process started it)."""
-    # Ray's own chatter (its deprecation notes, its C++ core's notes about this driver) stays out of
-    # pcv-batch's stderr unless asked for: RAY_BACKEND_LOG_LEVEL=info / PCV_RAY_LOG=1.
-    verbose = os.environ.get("PCV_RAY_LOG") == "1"
-    if not verbose:
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    verbose = os.environ.get("PCV_RAY_LOG") == "1"  # Ray's own logs and the workers' output on stderr
     level = logging.INFO if verbose else logging.ERROR
     logging.getLogger("ray").setLevel(level)
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": level, "log_to_driver": verbose}
@@ -337,6 +336,7 @@ def _execute(ray, args, out: OutDir, out_format: str, manifest: dict, todo: list
           + (f", {have.get('GPU', 0):g} GPU(s)" if have.get("GPU") else "") +
           f"; {actors} actor(s) x {cpus} CPU(s)" + (f" + {gpus:g} GPU(s)" if gpus else "") +
           f", {len(todo)} shard(s) to classify", file=sys.stderr)
+    # The model travels in Ray's object store (owned by this driver, on its node): no node needs the file.
     model_ref = ray.put(Path(model_path).read_bytes())
     items = [{"shard": json.dumps(s.to_dict())} for s in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))  # a block per shard: a task per shard

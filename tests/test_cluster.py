@@ -322,3 +322,15 @@ def test_resume_refuses_a_changed_input(tmp_path, job_input):
     assert r.returncode == 2 and "add --resume" in r.stderr
     r = _pcv(src, "-o", out, "--engine", "ray", "--resume")
     assert r.returncode == 2 and "cannot resume: the input files differ" in r.stderr, r.stderr
+
+
+@needs_netns
+def test_pcv_bench_ray_reports_each_engine(tmp_path):
+    out = tmp_path / "bench"
+    r = in_netns([str(BIN / "pcv-bench"), "--ray", "1", "--data", str(Path(__file__).parent / "fixtures" / "reviews.jsonl"),
+                  "--limit", "300", "--engine-repeats", "1", "--out", str(out)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((out / "cluster.json").read_text())
+    assert [run["engine"] for run in result["runs"]] == ["local", "ray x1"]
+    assert all(run["records_per_s"] > 0 for run in result["runs"]) and result["cpu_flags"] is not None
+    assert "| ray x1 |" in (out / "cluster.md").read_text()

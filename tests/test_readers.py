@@ -74,7 +74,7 @@ def test_txt_lines(tmp_path):
 
 def test_unknown_suffix_and_missing_file(tmp_path):
     with pytest.raises(InputError, match="--format"):
-        list(read_records(str(tmp_path / "x.parquet")))
+        list(read_records(str(tmp_path / "x.xlsx")))
     with pytest.raises(InputError, match="no such file"):
         list(read_records(str(tmp_path / "missing.jsonl")))
     p = _write(tmp_path / "x.data", b"hello\n")
