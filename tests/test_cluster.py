@@ -249,7 +249,7 @@ def test_killed_driver_resumes_from_the_committed_shards(tmp_path, job_input):
 
 
 @needs_netns
-def test_parquet_in_and_out(tmp_path, job_input):
+def test_parquet_in_and_out_through_filesystem_uris(tmp_path, job_input):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -258,11 +258,11 @@ def test_parquet_in_and_out(tmp_path, job_input):
     pq.write_table(pa.table({"id": [r["id"] for r in rows], "text": [r["text"] for r in rows]}), tmp_path / "in.parquet",
                    row_group_size=200)
     out = tmp_path / "out"
-    r = in_netns([str(BIN / "pcv-batch"), str(tmp_path / "in.parquet"), "-o", str(out), "--engine", "ray",
+    uri = f"file://{tmp_path / 'in.parquet'}"  # through pyarrow.fs, as s3:// or gs:// would be
+    r = in_netns([str(BIN / "pcv-batch"), uri, "-o", f"file://{out}", "--engine", "ray",
                   "--actors", "2", "-q", "--output-format", "parquet"])
     assert r.returncode == 0, r.stderr
-    check_parts(out, tmp_path / "in.parquet", {k: v for k, v in preds.items() if k in {r["id"] for r in rows}}, set(),
-                parquet=True)
+    check_parts(out, uri, {k: v for k, v in preds.items() if k in {r["id"] for r in rows}}, set(), parquet=True)
 
 
 @needs_netns
