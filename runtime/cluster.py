@@ -35,7 +35,7 @@ import numpy as np
 
 from .errors import ConfigError, InputError, PcvError
 from .readers import ReaderConfig
-from .shards import TMP_PREFIX, OutDir, Shard, classify_shard, dumps, plan, read_shard, scan, shard_lines
+from .shards import OWN_PART, OWN_TMP, OutDir, Shard, classify_shard, dumps, plan, read_shard, scan, shard_lines
 
 MANIFEST, SUCCESS = "manifest.json", "_SUCCESS"
 MANIFEST_FORMAT, MANIFEST_VERSION = "pcv-batch-ray", 1
@@ -175,51 +175,81 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     except ValueError as e:
         raise PcvError(f"--shifts: {e}") from None
     labels = local.labels
+    if not args.ray_address and args.provider not in ("auto", "cpu"):
+        # a local instance runs on this machine: a provider it cannot start fails here, before Ray starts
+        TextClassifier(model_path, **engine)
     reader = ReaderConfig(text_field=args.text_field, id_field=args.id_field or None, format=args.format,
                           max_line_bytes=args.max_line_bytes, label_field=args.label_field, label_required=False,
                           probe_text_field=TEXT_FIELD_PROBE)
 
-    lock = OutputLock(Path(out.base), "-o") if out.fs is None else None
+    lock = OutputLock(Path(os.path.realpath(out.base)), "-o") if out.fs is None else None
     with contextlib.ExitStack() as stack:
         if lock is not None:
             lock.acquire()
             stack.callback(lock.release)
+        before = out.names()
+        ours = all(OWN_TMP.fullmatch(n) for n in before)  # new, empty, or only the temporaries of a killed run
+        created = not before and not out.exists("")
         out.makedirs()
-        ts = time.perf_counter()
-        scans = [scan(p, args.format) for p in args.inputs]
-        for s in scans:
-            _probe(s, reader)
-        model_sha = file_sha256(model_path)
-        fingerprint = {"inputs": [{"path": s.path, "size": s.size, "sha256": s.sha256} for s in scans],
-                       "model_sha256": model_sha, "options": _options(args, out_format)}
-        manifest, done = _start(out, args, fingerprint)
-        if manifest is not None and manifest["status"] == "complete" and out.exists(SUCCESS):
-            return _already_complete(args, manifest, labels)
-        actors = 0
-        if manifest is None or len(done) < len(manifest["shards"]):
-            if _init_ray(ray, args):
-                stack.callback(ray.shutdown)
-            actors = _actors(ray, args)
-        if manifest is None:
-            shards = plan(scans, shard_lines(scans, actors, args.shard_records))
-            manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "status": "running",
-                        **fingerprint, "labels": list(labels), "model": str(model_path),
-                        "shards": [s.to_dict() for s in shards], "parts": {}}
-            _save(out, manifest)
-        shards = [Shard.from_dict(d) for d in manifest["shards"]]
-        todo = [s for s in shards if s.name not in done]
-        print(f"pcv-batch: {len(scans)} input(s), {sum(s.size for s in scans) / 2**20:.1f} MiB read in "
-              f"{time.perf_counter() - ts:.1f}s; {len(shards)} shard(s)" +
-              (f", {len(shards) - len(todo)} already committed" if len(todo) < len(shards) else ""), file=sys.stderr)
-        if todo:
-            _execute(ray, args, out, out_format, manifest, todo, min(actors, len(todo)), model_path, model_sha, engine,
-                     reader)
-        return _finish(args, out, manifest, labels, t0, EXIT_OK, EXIT_SOME_FAILED, report, format_report,
-                       write_report)
+        manifest: dict | None = None
+        try:
+            ts = time.perf_counter()
+            scans = [scan(p, args.format) for p in args.inputs]
+            for s in scans:
+                _probe(s, reader)
+            model_sha = file_sha256(model_path)
+            fingerprint = {"inputs": [{"path": s.path if "://" in s.path else os.path.abspath(s.path), "size": s.size,
+                                       "sha256": s.sha256} for s in scans],
+                           "model_sha256": model_sha, "options": _options(args, out_format)}
+            manifest, done = _start(out, args, fingerprint)
+            if manifest is not None and manifest["status"] == "complete" and out.exists(SUCCESS):
+                return _already_complete(args, manifest, labels)
+            actors = 0
+            if manifest is None or len(done) < len(manifest["shards"]):
+                if _init_ray(ray, args):
+                    stack.callback(ray.shutdown)
+                actors = _actors(ray, args)
+            if manifest is None:
+                per_shard = shard_lines(scans, actors, args.shard_records)
+                shards = plan(scans, per_shard)
+                manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "status": "running",
+                            **fingerprint, "labels": list(labels), "model": str(model_path), "shard_lines": per_shard,
+                            "shards": [s.to_dict() for s in shards], "parts": {}}
+                _save(out, manifest)
+            shards = [Shard.from_dict(d) for d in manifest["shards"]]
+            todo = [s for s in shards if s.name not in done]
+            print(f"pcv-batch: {len(scans)} input(s), {sum(s.size for s in scans) / 2**20:.1f} MiB read in "
+                  f"{time.perf_counter() - ts:.1f}s; {len(shards)} shard(s)" +
+                  (f", {len(shards) - len(todo)} already committed" if len(todo) < len(shards) else ""), file=sys.stderr)
+            if args.shard_records and len(todo) < len(shards) and shard_lines(scans, actors, args.shard_records) != \
+                    manifest.get("shard_lines"):
+                print(f"pcv-batch: --shard-records {args.shard_records} does not apply to a resumed job: its shards "
+                      f"were planned when it started", file=sys.stderr)
+            if todo:
+                _execute(ray, args, out, out_format, manifest, todo, min(actors, len(todo)), model_path, model_sha,
+                         engine, reader)
+            return _finish(args, out, manifest, labels, t0, EXIT_OK, EXIT_SOME_FAILED, report, format_report,
+                           write_report)
+        except BaseException as e:
+            if ours and not (manifest and manifest["parts"]):
+                _discard(out, created)  # a fresh job that committed nothing leaves no trace
+            elif isinstance(e, KeyboardInterrupt):
+                import shlex
+
+                print("pcv-batch: the committed shards stand; resume with: " +
+                      shlex.join(["pcv-batch", *argv, *([] if "--resume" in argv else ["--resume"])]), file=sys.stderr)
+            raise
 
 
 def _actors(ray, args: argparse.Namespace) -> int:
-    """--actors, else as many as the cluster's CPUs (or GPUs, with --gpus-per-actor) hold."""
+    """--actors, else as many as the cluster's CPUs (or GPUs, with --gpus-per-actor) hold; an actor no node
+    can hold is refused (Ray would wait for such a node for ever)."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for flag, key, want in (("--cpus-per-actor", "CPU", args.cpus_per_actor or 1), ("--gpus-per-actor", "GPU",
+                                                                                      args.gpus_per_actor or 0)):
+        most = max((r.get(key, 0) for r in nodes), default=0)
+        if want and want > most:
+            raise ConfigError(f"{flag} {want:g}: no node of the cluster has that many {key}s (the largest has {most:g})")
     if args.actors:
         return args.actors
     have = ray.cluster_resources()
@@ -260,7 +290,7 @@ def _start(out: OutDir, args: argparse.Namespace, fingerprint: dict) -> tuple[di
     empty directory."""
     old = _load(out)
     if old is None:
-        others = [n for n in out.names() if not n.startswith(TMP_PREFIX)]
+        others = [n for n in out.names() if not OWN_TMP.fullmatch(n)]
         if others:
             raise PcvError(f"-o {args.output}: the directory holds files that are not a pcv job ({', '.join(others[:3])}"
                            f"{', ...' if len(others) > 3 else ''}); name a new or empty directory")
@@ -272,9 +302,15 @@ def _start(out: OutDir, args: argparse.Namespace, fingerprint: dict) -> tuple[di
         raise PcvError(f"-o {args.output} holds {state} (its {MANIFEST}); add --resume to "
                        f"{'check' if state == 'a complete job' else 'finish'} it, or name another directory")
     for key, what in (("inputs", "input files"), ("model_sha256", "model"), ("options", "options")):
-        if old.get(key) != fingerprint.get(key):
+        was, now = old.get(key), fingerprint.get(key)
+        if was != now:
+            if key == "options" and isinstance(was, dict):
+                diff = ", ".join(f"{k}: was {json.dumps(was.get(k))}, now {json.dumps(now.get(k))}"
+                                 for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))
+            else:
+                diff = f"was {json.dumps(was)[:200]}"
             raise PcvError(f"{args.output}: cannot resume: the {what} differ from the interrupted job "
-                           f"(was {json.dumps(old.get(key))[:200]}); name another -o to start again")
+                           f"({diff}); name another -o to start again")
     done = set()
     for name, part in list(old["parts"].items()):
         if _intact(out, part):
@@ -374,9 +410,20 @@ def _execute(ray, args, out: OutDir, out_format: str, manifest: dict, todo: list
     finally:
         if bar is not None:
             bar.close()
-    nodes = sorted({p.get("node", "?") for p in manifest["parts"].values()})
+    nodes = {manifest["parts"][f"{s.index:05d}"].get("node", "?") for s in todo if f"{s.index:05d}" in manifest["parts"]}
     print(f"pcv-batch: workers ran {', '.join(sorted(seen))} on {len(nodes)} node(s)", file=sys.stderr)
     manifest["workers"] = sorted(seen)
+
+
+def _discard(out: OutDir, created: bool) -> None:
+    """A fresh job that committed nothing: its manifest and temporary files go (and the directory, if it made it)."""
+    for name in out.names():  # the directory was empty or new: what matches is this run's
+        if name == MANIFEST or OWN_TMP.fullmatch(name) or OWN_PART.fullmatch(name):
+            with contextlib.suppress(OSError):
+                out.remove(name)
+    if created and out.fs is None:
+        with contextlib.suppress(OSError):
+            os.rmdir(out.base)
 
 
 def _ray_message(e: Exception) -> str:
@@ -406,7 +453,7 @@ def _finish(args, out: OutDir, manifest: dict, labels, t0: float, ok: int, some_
     if missing:
         raise PcvError(f"{len(missing)} shard(s) came back from no worker (first: {missing[0]}); rerun with --resume")
     for name in out.names():  # what killed workers left behind
-        if name.startswith(TMP_PREFIX):
+        if OWN_TMP.fullmatch(name):
             with contextlib.suppress(OSError):
                 out.remove(name)
     tot = _totals(manifest)

@@ -14,12 +14,13 @@ from .errors import PcvError
 
 # A missing optional library -> the extra that installs it (pyproject.toml)
 _EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "onnxscript": "export", "safetensors": "export",
-           "sklearn": "train", "matplotlib": "bench", "optimum": "bench", "pyarrow": "parquet"}
+           "sklearn": "train", "matplotlib": "bench", "optimum": "bench", "pyarrow": "parquet", "ray": "ray"}
 
 
 def fail(msg: str) -> int:
     """A usage error a console script found itself: one line on stderr, exit 2."""
-    print(f"error: {msg}", file=sys.stderr)
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0].rsplit("/", 1)[-1].startswith("pcv-") else "pcv"
+    print(f"{prog}: error: {msg}", file=sys.stderr)
     return 2
 
 

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -37,6 +38,9 @@ BLOCK = 8 * 2**20  # bytes read at a time by a scan
 MIN_SHARD_LINES, MAX_SHARD_LINES = 512, 32_768
 SHARDS_PER_ACTOR = 4  # a lost actor costs at most about a quarter of its share; a slow one is balanced out
 TMP_PREFIX = ".tmp-"  # a temporary name never ends in .jsonl/.parquet: a reader of OUT/*.jsonl never sees one
+# The temporary names pcv makes (FINAL-XXXXXXXX); only these are ever removed from an output directory.
+OWN_PART = re.compile(r"(part-\d{5}\.(jsonl|parquet)|errors-\d{5}\.jsonl)")
+OWN_TMP = re.compile(r"\.tmp-(part-\d{5}\.(jsonl|parquet)(\.jsonl)?|errors-\d{5}\.jsonl|manifest\.json|_SUCCESS)-[0-9a-f]{8}")
 
 
 def is_uri(path: str) -> bool:

@@ -265,14 +265,23 @@ def test_parquet_in_and_out_through_filesystem_uris(tmp_path, job_input):
     check_parts(out, uri, {k: v for k, v in preds.items() if k in {r["id"] for r in rows}}, set(), parquet=True)
 
 
-@needs_netns
-def test_a_provider_the_workers_lack_fails_fast_with_pcvs_message(tmp_path, job_input):
+@needs_ray
+def test_a_provider_this_machine_lacks_fails_before_ray_starts(tmp_path, job_input):
     src, _, _ = job_input
-    r = in_netns([str(BIN / "pcv-batch"), str(src), "-o", str(tmp_path / "out"), "--engine", "ray", "--actors", "1",
-                  "-q", "--provider", "cuda"])
+    r = _pcv(src, "-o", tmp_path / "out", "--engine", "ray", "--actors", "1", "-q", "--provider", "cuda")
     assert r.returncode == 2, r.stderr
     assert "pcv-batch: error:" in r.stderr and "CUDA" in r.stderr.upper() and "Traceback" not in r.stderr
-    assert not list((tmp_path / "out").glob("part-*"))
+    assert not (tmp_path / "out").exists()  # a job that committed nothing leaves no trace
+
+
+@needs_netns
+def test_an_actor_no_node_can_hold_is_refused_not_waited_for(tmp_path, job_input):
+    src, _, _ = job_input
+    r = in_netns([str(BIN / "pcv-batch"), str(src), "-o", str(tmp_path / "out"), "--engine", "ray", "-q",
+                  "--cpus-per-actor", "64"], timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "--cpus-per-actor 64: no node of the cluster has that many CPUs" in r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 # -- refusals before Ray starts ----------------------------------------------------------------------------------
@@ -299,13 +308,30 @@ def test_ray_options_need_the_ray_engine(tmp_path, job_input):
 
 
 @needs_ray
-def test_a_directory_of_other_files_is_never_written(tmp_path, job_input):
+@pytest.mark.parametrize("name", ["notes.txt", ".tmp-precious", "part-00000.jsonl"])
+def test_a_directory_of_other_files_is_never_written(tmp_path, job_input, name):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "notes.txt").write_text("mine")
+    (out / name).write_text("mine")
     r = _pcv(job_input[0], "-o", out, "--engine", "ray")
     assert r.returncode == 2 and "not a pcv job" in r.stderr
-    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert [p.name for p in out.iterdir()] == [name] and (out / name).read_text() == "mine"
+
+
+@needs_ray
+def test_the_lock_holds_through_a_symlinked_output(tmp_path, job_input):
+    from pcv.runtime.outputs import OutputLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "link").symlink_to(out)
+    lock = OutputLock(out, "-o")
+    lock.acquire()
+    try:
+        r = _pcv(job_input[0], "-o", tmp_path / "link", "--engine", "ray")
+    finally:
+        lock.release()
+    assert r.returncode == 2 and "another pcv-batch" in r.stderr, r.stderr
 
 
 @needs_ray
