@@ -57,6 +57,39 @@ def gemm_peak_gflops(n: int = 2048) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def int8_gemm_peak_gops(n: int = 2048, threads: int | None = None) -> float:
+    """What ONNX Runtime's CPU provider reaches on a large uint8 x int8 MatMulInteger (the kernel its
+    dynamic int8 models run, VNNI where the CPU has it): the practical int8 peak, in GOP/s."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+                               helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(onnx._serialize(model) if hasattr(onnx, "_serialize") else model.SerializeToString(),
+                                so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
+    best = min(_timeit(lambda: sess.run(None, feeds), 0.0, 1)[0] for _ in range(3))
+    return 2 * n**3 / best / 1e9
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's vector instruction sets (Linux /proc/cpuinfo): what int8 and bf16 kernels can use."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f.startswith(("avx", "amx", "sse4")) or f in ("fma", "f16c"))
+
+
 def machine() -> dict:
     import onnxruntime as ort
 
@@ -71,7 +104,12 @@ def machine() -> dict:
     import os
 
     info["cpu_threads"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info["cpu_flags"] = cpu_flags()
     info["fp32_gemm_gflops"] = round(gemm_peak_gflops(), 1)
+    try:
+        info["int8_gemm_gops"] = round(int8_gemm_peak_gops(), 1)
+    except ImportError:  # onnx is in the bench extra; a runtime-only install measures fp32 only
+        info["int8_gemm_gops"] = None
     try:
         import torch
 
@@ -312,7 +350,9 @@ def run_bench(cfg: BenchConfig) -> dict:
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"Machine: {m.get('cpu')} ({m.get('cpu_threads')} threads, fp32 GEMM {m.get('fp32_gemm_gflops')} GFLOP/s "
-             f"measured with numpy), GPU: {m.get('gpu')}, onnxruntime {m['onnxruntime']}, "
+             f"measured with numpy, int8 GEMM {m.get('int8_gemm_gops')} GOP/s with onnxruntime's MatMulInteger; "
+             f"{', '.join(f for f in m.get('cpu_flags', []) if 'vnni' in f or 'bf16' in f) or 'no VNNI/BF16'}), "
+             f"GPU: {m.get('gpu')}, onnxruntime {m['onnxruntime']}, "
              f"torch {m.get('torch')}. Texts: {result['texts']} from {result['config']['data']}; "
              f"mean {result['flops_per_example_mean'] / 1e9:.2f} GFLOP/example.", ""]
     base = result.get("baselines", {})

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pcv.runtime.errors import PcvError
 
-from .bench import machine
+from .bench import cpu_flags, machine
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,20 +73,11 @@ def run_cluster_bench(cfg: ClusterBenchConfig) -> dict:
                 runs.append({"engine": f"ray x{n}", "repeat": rep, "seconds": round(dt, 2),
                              "records_per_s": round(cfg.records / dt, 1), "shards": len(manifest["shards"]),
                              "steady_records_per_s": round(cfg.records / per_actor, 1) if per_actor else None})
-    result = {"config": asdict(cfg), "machine": machine(), "runs": runs, "cpu_flags": _cpu_flags()}
+    result = {"config": asdict(cfg), "machine": machine(), "runs": runs, "cpu_flags": cpu_flags()}
     os.makedirs(cfg.out, exist_ok=True)
     Path(cfg.out, "cluster.json").write_text(json.dumps(result, indent=1) + "\n")
     Path(cfg.out, "cluster.md").write_text(cluster_markdown(result))
     return result
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c"))
 
 
 def cluster_markdown(result: dict) -> str:

@@ -32,7 +32,8 @@ def test_quick_bench_report(tmp_path, tiny_dir, reviews):
     md = (out / "bench.md").read_text()
     assert "baseline: transformers tokenizer padding=max_length" in md and "pcv-batch fp32" in md
     assert {(r["setting"].split(":")[0], r["batch"]) for r in res["engine"]} >= {("default", 1), ("default", 8), ("spinning off", 8)}
-    assert "Engine settings" in md and res["machine"]["fp32_gemm_gflops"] > 0
+    assert "Engine settings" in md and res["machine"]["fp32_gemm_gflops"] > 0 and res["machine"]["int8_gemm_gops"] > 0
+    assert isinstance(res["machine"]["cpu_flags"], list) and "int8 GEMM" in md
     assert (out / "throughput.png").stat().st_size > 1000 and (out / "latency.png").stat().st_size > 1000
 
 
