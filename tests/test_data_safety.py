@@ -149,7 +149,10 @@ def test_output_folders(tmp_path, src, model, case):
 
 def _start(args, state: Path | None = None, lock: Path | None = None) -> subprocess.Popen:
     """A pcv-batch process, returned once it has committed a window (state) or taken its lock."""
-    p = subprocess.Popen([PCV_BATCH, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default, as in a terminal: a suite run in the background of a non-interactive shell
+    # inherits it ignored, and Python then installs no Ctrl-C handler
+    p = subprocess.Popen([PCV_BATCH, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 90
     while time.time() < deadline and p.poll() is None:
         if state is not None and state.exists():
