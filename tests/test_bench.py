@@ -77,3 +77,12 @@ def test_baselines_run_at_the_models_length_not_a_shorter_variants(tmp_path, tin
     want = sum(perceiver_flops(cfg, min(len(t.encode()) + 2, 256)) for t in texts) / len(texts)
     assert abs(res["flops_per_example_mean"] - want) < 1e-6 * want
     assert res["runs"][0]["end_to_end"]["label_agreement_vs_reference"] == 1.0
+
+
+def test_profile_splits_the_time_by_op_type_and_part(tiny_dir, review_texts):
+    from pcv.bench.profile import markdown, profile
+
+    res = profile(str(tiny_dir / "model.onnx"), review_texts[:3])
+    assert abs(sum(res["op_types"].values()) - 1) < 1e-6 and abs(sum(res["parts"].values()) - 1) < 1e-6
+    assert "cross-attention (byte side)" in res["parts"] and res["ms_per_text"] > 0
+    assert "| op type | share |" in markdown([res])
