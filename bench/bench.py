@@ -60,7 +60,6 @@ def gemm_peak_gflops(n: int = 2048) -> float:
 def int8_gemm_peak_gops(n: int = 2048, threads: int | None = None) -> float:
     """What ONNX Runtime's CPU provider reaches on a large uint8 x int8 MatMulInteger (the kernel its
     dynamic int8 models run, VNNI where the CPU has it): the practical int8 peak, in GOP/s."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -72,8 +71,7 @@ def int8_gemm_peak_gops(n: int = 2048, threads: int | None = None) -> float:
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(onnx._serialize(model) if hasattr(onnx, "_serialize") else model.SerializeToString(),
-                                so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
     best = min(_timeit(lambda: sess.run(None, feeds), 0.0, 1)[0] for _ in range(3))

@@ -4,8 +4,8 @@ Each configuration runs the real `pcv-batch` in a child process, interleaved `re
 local engine (its defaults), then --engine ray with each actor count, every Ray run starting its
 own local Ray instance as a user's first run does. Reported per run: the whole command's wall
 time and records/s (Ray's start-up, the driver's read of the inputs and the actors' start
-included), and for Ray the workers' steady rate: records over the busiest actor's summed shard
-seconds, from the manifest (what a long job approaches once started).
+included), and for Ray the workers' steady rate: records over the actors' mean busy time (the
+shards' seconds from the manifest, summed, over the actor count), the rate a long job approaches.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pcv.runtime.errors import PcvError
 
-from .bench import cpu_flags, machine
+from .bench import machine
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,14 +66,11 @@ def run_cluster_bench(cfg: ClusterBenchConfig) -> dict:
                 out = f"{tmp}/ray-{n}-{rep}"
                 dt, _ = _run([exe, str(src), "-o", out, "--engine", "ray", "--actors", str(n), "-q", *model])
                 manifest = json.loads(Path(out, "manifest.json").read_text())
-                busy: dict[str, float] = {}
-                for part in manifest["parts"].values():  # shards per actor are not recorded: per node, shared evenly
-                    busy[part["node"]] = busy.get(part["node"], 0.0) + part["seconds"]
-                per_actor = sum(busy.values()) / n
+                per_actor = sum(part["seconds"] for part in manifest["parts"].values()) / n
                 runs.append({"engine": f"ray x{n}", "repeat": rep, "seconds": round(dt, 2),
                              "records_per_s": round(cfg.records / dt, 1), "shards": len(manifest["shards"]),
                              "steady_records_per_s": round(cfg.records / per_actor, 1) if per_actor else None})
-    result = {"config": asdict(cfg), "machine": machine(), "runs": runs, "cpu_flags": cpu_flags()}
+    result = {"config": asdict(cfg), "machine": machine(), "runs": runs}
     os.makedirs(cfg.out, exist_ok=True)
     Path(cfg.out, "cluster.json").write_text(json.dumps(result, indent=1) + "\n")
     Path(cfg.out, "cluster.md").write_text(cluster_markdown(result))

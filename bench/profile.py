@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import json
 import os
 import re
@@ -73,20 +74,21 @@ def markdown(results: list[dict]) -> str:
                 f"{r['threads']} thread)", "", "| op type | share |", "|---|---|"]
         out += [f"| {k} | {100 * v:.1f} % |" for k, v in list(r["op_types"].items())[:10]]
         out += ["", "| part | share |", "|---|---|"] + [f"| {k} | {100 * v:.1f} % |" for k, v in r["parts"].items()]
-        out += ["", "| op | node (all 6 layers summed) | share |", "|---|---|---|"]
+        out += ["", "| op | node (the latent layers summed) | share |", "|---|---|---|"]
         out += [f"| {d['op']} | `{d['node']}` | {100 * d['share']:.1f} % |" for d in r["nodes"][:8]] + [""]
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pcv.bench.profile", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pcv.bench.profile", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help=".onnx files (e.g. a model and its int8 variant)")
     p.add_argument("--data", default="examples/reviews.jsonl", help="texts to run (default: examples/reviews.jsonl)")
     p.add_argument("--limit", type=int, default=100, help="texts (default: 100)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default: 1, pcv-batch's CPU engine)")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args(argv)
-    texts = [r.text for r in read_records(a.data, ReaderConfig()) if r.text is not None][: a.limit]
+    texts = list(itertools.islice((r.text for r in read_records(a.data, ReaderConfig()) if r.text is not None), a.limit))
     results = [profile(m, texts, a.threads) for m in a.models]
     print(markdown(results))
     if a.json:

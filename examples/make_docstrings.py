@@ -58,6 +58,9 @@ def main(argv: list[str]) -> int:
     data = []
     for label, roots in sources().items():
         texts = sorted({p for r in roots if r.exists() for p in paragraphs(r)})
+        if len(texts) < PER_LABEL:
+            print(f"{label}: only {len(texts)} docstring paragraphs found, {PER_LABEL} needed", file=sys.stderr)
+            return 1
         rng.shuffle(texts)
         data += [{"text": t, "label": label} for t in texts[:PER_LABEL]]
     rng.shuffle(data)

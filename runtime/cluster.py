@@ -35,12 +35,14 @@ import numpy as np
 
 from .errors import ConfigError, InputError, PcvError
 from .readers import ReaderConfig
-from .shards import OWN_PART, OWN_TMP, OutDir, Shard, classify_shard, dumps, plan, read_shard, scan, shard_lines
+from .shards import OWN_PART, OWN_TMP, OutDir, Shard, classify_shard, dumps, is_uri, plan, read_shard, scan, shard_lines
 
 MANIFEST, SUCCESS = "manifest.json", "_SUCCESS"
 MANIFEST_FORMAT, MANIFEST_VERSION = "pcv-batch-ray", 1
 RAY_RANGE = ">=2.50,<3"  # the extra's range; tested with 2.60.0
-INIT_DEATHS = 3  # actors that fail to start in a row before the job stops (a model or provider that cannot load)
+# actors that crash while starting, in a row, before Ray Data stops the job (a model or provider that cannot
+# load is not a crash: ShardWorker reports it, and the driver stops at the first report)
+INIT_DEATHS = 3
 
 
 def import_ray():
@@ -123,9 +125,6 @@ def check_options(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag} does not apply to --engine ray: {why}")
     if args.output_format == "csv" or (args.output_format is None and args.output.endswith(".csv")):
         raise ConfigError("--engine ray writes JSONL or Parquet parts (--output-format jsonl|parquet)")
-    for flag in ("actors", "cpus_per_actor"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')}: at least 1")
     if args.gpus_per_actor is not None and args.gpus_per_actor < 0:
         raise ConfigError("--gpus-per-actor: 0 or more")
     for path in args.inputs:
@@ -159,6 +158,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from .api import TextClassifier
 
     model_path = resolve_model(args.model)
+    from .modelfile import scan_onnx
+
+    if scan_onnx(model_path).refs:  # only the .onnx file's bytes travel to the workers
+        raise ConfigError(f"--model {model_path}: its weights are in external data files; --engine ray ships one "
+                          f".onnx file to its workers: save the model with its weights inside")
     out = OutDir(args.output)
     if out.fs is None:
         if os.path.exists(out.base) and not os.path.isdir(out.base):
@@ -198,7 +202,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             for s in scans:
                 _probe(s, reader)
             model_sha = file_sha256(model_path)
-            fingerprint = {"inputs": [{"path": s.path if "://" in s.path else os.path.abspath(s.path), "size": s.size,
+            fingerprint = {"inputs": [{"path": s.path if is_uri(s.path) else os.path.abspath(s.path), "size": s.size,
                                        "sha256": s.sha256} for s in scans],
                            "model_sha256": model_sha, "options": _options(args, out_format)}
             manifest, done = _start(out, args, fingerprint)
@@ -232,6 +236,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                            write_report)
         except BaseException as e:
             if ours and not (manifest and manifest["parts"]):
+                if ray.is_initialized():
+                    ray.shutdown()  # its actors stop first: none commits a part after the discard
                 _discard(out, created)  # a fresh job that committed nothing leaves no trace
             elif isinstance(e, KeyboardInterrupt):
                 import shlex
@@ -347,7 +353,7 @@ def _init_ray(ray, args: argparse.Namespace) -> bool:
         if args.ray_address:
             ray.init(address=args.ray_address, **kwargs)
         else:
-            ray.init(**kwargs)
+            ray.init(address="local", **kwargs)  # never a cluster found through RAY_ADDRESS or an earlier `ray start`
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"the Ray cluster at {args.ray_address}" if args.ray_address else "a local Ray instance"
         raise PcvError(f"cannot start or reach {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -381,10 +387,12 @@ def _execute(ray, args, out: OutDir, out_format: str, manifest: dict, todo: list
     split = {"threads": cpus, "concurrent_runs": 1} if gpus else {"threads": 1, "concurrent_runs": cpus}
     ds = ds.map_batches(ShardWorker, batch_size=1, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus, num_gpus=gpus or None,
+                        # the reference in a list: Ray passes it on as it is, and each actor fetches the bytes
                         fn_constructor_kwargs={"model": [model_ref], "model_sha256": model_sha,
                                                "engine": {**engine, **split},
-                                               "reader": asdict(reader), "out_dir": out.given, "out_format": out_format})
-    seen: dict[str, str] = {}
+                                               "reader": asdict(reader), "out_format": out_format,
+                                               "out_dir": out.given if out.fs is not None else out.base})
+    seen: set[str] = set()
     bar = None
     if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm
@@ -397,7 +405,7 @@ def _execute(ray, args, out: OutDir, out_format: str, manifest: dict, todo: list
             if "fatal" in res:
                 raise PcvError(res["fatal"])
             name = f"{res['index']:05d}"
-            seen[f"provider {res.get('provider')}, {res.get('threads')} thread(s)"] = res.get("node", "?")
+            seen.add(f"provider {res.get('provider')}, {res.get('threads')} thread(s)")
             manifest["parts"][name] = {k: v for k, v in res.items() if k != "index"}
             _save(out, manifest)
             if bar is not None:

@@ -26,11 +26,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from .errors import InputError
+from .outputs import fsync_dir
 from .readers import ReaderConfig, Record, detect_format, read_stream
 
 GRAIN = 256  # lines between the offsets a scan keeps: shards are cut at multiples of it
@@ -38,9 +40,9 @@ BLOCK = 8 * 2**20  # bytes read at a time by a scan
 MIN_SHARD_LINES, MAX_SHARD_LINES = 512, 32_768
 SHARDS_PER_ACTOR = 4  # a lost actor costs at most about a quarter of its share; a slow one is balanced out
 TMP_PREFIX = ".tmp-"  # a temporary name never ends in .jsonl/.parquet: a reader of OUT/*.jsonl never sees one
-# The temporary names pcv makes (FINAL-XXXXXXXX); only these are ever removed from an output directory.
-OWN_PART = re.compile(r"(part-\d{5}\.(jsonl|parquet)|errors-\d{5}\.jsonl)")
-OWN_TMP = re.compile(r"\.tmp-(part-\d{5}\.(jsonl|parquet)(\.jsonl)?|errors-\d{5}\.jsonl|manifest\.json|_SUCCESS)-[0-9a-f]{8}")
+# The files of a job: its parts, and the temporary names pcv writes them under (FINAL-XXXXXXXX)
+OWN_PART = re.compile(r"(part-\d{5,}\.(jsonl|parquet)|errors-\d{5,}\.jsonl)")
+OWN_TMP = re.compile(r"\.tmp-(part-\d{5,}\.(jsonl|parquet)(\.jsonl)?|errors-\d{5,}\.jsonl|manifest\.json|_SUCCESS)-[0-9a-f]{8}")
 
 
 def is_uri(path: str) -> bool:
@@ -100,13 +102,18 @@ class Shard:
     start: int
     end: int
     first_line: int  # line (row) number of the shard's first record
+    path: str = ""  # what a worker opens: the absolute path (a worker's working directory is not the driver's), or the URI
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Shard:
-        return Shard(**{k: d[k] for k in ("index", "input", "fmt", "kind", "start", "end", "first_line")})
+        return Shard(**{k: d[k] for k in ("index", "input", "fmt", "kind", "start", "end", "first_line", "path")})
+
+    @property
+    def source(self) -> str:
+        return self.path or self.input
 
     @property
     def name(self) -> str:
@@ -130,6 +137,9 @@ def scan(path: str, fmt_option: str | None = None) -> Scan:
     fmt = detect_format(path, fmt_option)
     splittable = fmt in ("jsonl", "txt") and not path.endswith(".gz")
     sha, size, lines, offsets = hashlib.sha256(), 0, 0, []
+    with open_input(path) as f:  # UTF-16, or gzip without .gz: one shard, whose reader reports the file once
+        if f.read(4).startswith((b"\xff\xfe", b"\xfe\xff", b"\x1f\x8b")):
+            splittable = False
     lone_cr, last = False, b"\n"
     with open_input(path) as f:
         while block := f.read(BLOCK):
@@ -182,7 +192,8 @@ def plan(scans: list[Scan], lines_per_shard: int) -> list[Shard]:
     shards: list[Shard] = []
 
     def add(s: Scan, kind: str, start: int, end: int, first_line: int) -> None:
-        shards.append(Shard(len(shards), s.path, s.fmt, kind, start, end, first_line))
+        where = s.path if is_uri(s.path) else os.path.abspath(s.path)
+        shards.append(Shard(len(shards), s.path, s.fmt, kind, start, end, first_line, where))
 
     step = lines_per_shard // GRAIN
     for s in scans:
@@ -204,7 +215,7 @@ def plan(scans: list[Scan], lines_per_shard: int) -> list[Shard]:
 
 
 def read_shard(shard: Shard, cfg: ReaderConfig) -> Iterator[Record]:
-    f = open_input(shard.input)
+    f = open_input(shard.source)
     try:
         if shard.kind == "rows":
             yield from read_stream(f, shard.input, cfg, fmt="parquet", first_line=shard.first_line,
@@ -289,11 +300,7 @@ class OutDir:
             with open(self.path(tmp), "rb") as f:
                 os.fsync(f.fileno())
             os.replace(self.path(tmp), self.path(final))
-            fd = os.open(self.base, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(Path(self.base))
         else:
             self.fs.move(self.path(tmp), self.path(final))
 

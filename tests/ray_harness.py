@@ -55,7 +55,10 @@ def main(argv: list[str]) -> int:
     report: dict = {"scenario": scenario}
     try:
         cmd = _pcv(cluster.address, out, inp, extra)
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # PCV_HARNESS_CWD: the driver runs there (relative names resolve there, not where the nodes started)
+        cwd = os.environ.get("PCV_HARNESS_CWD") or None
+        out = os.path.join(cwd or "", out)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
         if scenario == "remove-node":
             report["part_seen_before_removal"] = _wait_for_part(out, proc)
             report["running_at_removal"] = proc.poll() is None
@@ -68,7 +71,7 @@ def main(argv: list[str]) -> int:
         runs.append({"rc": proc.returncode, "stderr": stderr, "stdout": stdout})
         if scenario == "kill-driver":
             time.sleep(1.0)  # let the cluster clean up the dead driver's actors
-            done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=WAIT_S)
+            done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=WAIT_S, cwd=cwd)
             runs.append({"rc": done.returncode, "stderr": done.stderr, "stdout": done.stdout})
     finally:
         cluster.shutdown()

@@ -50,9 +50,9 @@ needs_netns = pytest.mark.skipif(_ray_problem() is not None or _netns_problem() 
                                  reason=str(_ray_problem() or _netns_problem()))
 
 
-def in_netns(cmd: list[str], timeout: int = RAY_TIMEOUT) -> subprocess.CompletedProcess:
+def in_netns(cmd: list[str], timeout: int = RAY_TIMEOUT, **env_extra: str) -> subprocess.CompletedProcess:
     """cmd in a fresh network namespace with only loopback up."""
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **env_extra}
     return subprocess.run(["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *cmd],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -106,6 +106,15 @@ def test_csv_gz_and_lone_cr_txt_are_one_shard_each(tmp_path):
         assert list(read_shard(sh, ReaderConfig())) == list(read_records(sh.input, ReaderConfig()))
 
 
+def test_a_utf16_file_is_one_shard_and_one_error(tmp_path):
+    src = tmp_path / "u.jsonl"
+    src.write_bytes("".join(json.dumps({"id": i, "text": "t"}) + "\n" for i in range(2000)).encode("utf-16"))
+    (shard,) = plan([scan(str(src))], GRAIN)
+    recs = list(read_shard(shard, ReaderConfig()))
+    assert len(recs) == 1 and "UTF-16" in recs[0].error
+    assert recs == list(read_records(str(src), ReaderConfig()))
+
+
 def test_parquet_shards_follow_row_groups(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
@@ -156,7 +165,7 @@ def job_input(tmp_path_factory, review_texts):
     return src, preds, errors
 
 
-def check_parts(out: Path, src: Path, preds: dict, errors: set, parquet: bool = False) -> dict:
+def check_parts(out: Path, src: Path | str, preds: dict, errors: set, parquet: bool = False) -> dict:
     """Every good record once with the local engine's label and probabilities, every bad line once."""
     assert (out / "_SUCCESS").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
@@ -209,8 +218,8 @@ def test_local_ray_instance_matches_the_local_engine(tmp_path, job_input):
     assert again.returncode == 1 and "already complete" in again.stderr, again.stderr  # checked without starting Ray
 
 
-def _harness(scenario: str, out: Path, src: Path, *extra: str) -> dict:
-    r = in_netns([sys.executable, str(HARNESS), scenario, str(out), str(src), *extra])
+def _harness(scenario: str, out: Path | str, src: Path | str, *extra: str, **env: str) -> dict:
+    r = in_netns([sys.executable, str(HARNESS), scenario, str(out), str(src), *extra], **env)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -218,10 +227,11 @@ def _harness(scenario: str, out: Path, src: Path, *extra: str) -> dict:
 @needs_netns
 def test_two_node_cluster_runs_one_job_across_both(tmp_path, job_input):
     src, preds, errors = job_input
-    report = _harness("cluster", tmp_path / "out", src, "--actors", "2", "--shard-records", "256")
+    rel = os.path.relpath(src, tmp_path)  # relative names, from a driver directory the nodes did not start in
+    report = _harness("cluster", "out", rel, "--actors", "2", "--shard-records", "256", PCV_HARNESS_CWD=str(tmp_path))
     (run,) = report["runs"]
     assert run["rc"] == 1, run["stderr"]
-    manifest = check_parts(tmp_path / "out", src, preds, errors)
+    manifest = check_parts(tmp_path / "out", rel, preds, errors)
     assert len({p["node"] for p in manifest["parts"].values()}) == 2, manifest["parts"]
 
 
@@ -358,5 +368,5 @@ def test_pcv_bench_ray_reports_each_engine(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads((out / "cluster.json").read_text())
     assert [run["engine"] for run in result["runs"]] == ["local", "ray x1"]
-    assert all(run["records_per_s"] > 0 for run in result["runs"]) and result["cpu_flags"] is not None
+    assert all(run["records_per_s"] > 0 for run in result["runs"]) and isinstance(result["machine"]["cpu_flags"], list)
     assert "| ray x1 |" in (out / "cluster.md").read_text()
