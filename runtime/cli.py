@@ -47,6 +47,7 @@ EPILOG = """examples:
   pcv-batch reviews.csv.gz -o preds.jsonl --text-field review
   cat reviews.txt | pcv-batch - --format txt --model my.onnx --provider cuda
   pcv-batch val.jsonl -o preds.jsonl --label-field label  # also the accuracy against the file's labels
+  pcv-batch in/*.jsonl -o out/ --engine ray --ray-address auto  # on a Ray cluster (docs/cluster.md)
 
 exit status: 0 every record classified; 1 some records failed (see the errors file), the rest
 were classified; 2 nothing could run or the run stopped (bad option, unreadable input, an output
@@ -81,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pcv-batch", description="Classify texts in JSONL, CSV or text files with an ONNX Perceiver classifier.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="JSONL/CSV/TXT files (.gz ok), Parquet files, or - for stdin")
-    p.add_argument("-o", "--output", default="-", help="predictions JSONL (default: - , stdout)")
+    p.add_argument("-o", "--output", default="-", help="predictions JSONL (default: - , stdout); with --engine ray a "
+                   "directory")
     p.add_argument("--output-format", choices=FORMATS,
                    help="jsonl, csv or parquet (default: from -o's suffix, else jsonl); csv and parquet are written "
                         "once the job is done (staged as JSON lines until then), parquet needs pyarrow")
@@ -124,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="the cluster to join (default: start a local Ray instance)")
     g.add_argument("--actors", type=_positive, help="actors classifying at once (default: as many as the cluster's "
                    "CPUs, or GPUs with --gpus-per-actor, hold)")
-    g.add_argument("--cpus-per-actor", type=_positive, help="CPUs per actor, its ONNX Runtime intra-op threads (default: 1)")
+    g.add_argument("--cpus-per-actor", type=_positive, help="CPUs per actor, ONNX Runtime's threads in all (default: 1)")
     g.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (default: 0); with --provider cuda or tensorrt")
     g.add_argument("--shard-records", type=_positive, metavar="N",
                    help="lines (Parquet: rows) per shard, the unit a worker commits and a retry repeats (default: about "

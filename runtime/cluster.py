@@ -179,6 +179,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     except ValueError as e:
         raise PcvError(f"--shifts: {e}") from None
     labels = local.labels
+    del local  # the check is done: the driver holds no session while the job runs
     if not args.ray_address and args.provider not in ("auto", "cpu"):
         # a local instance runs on this machine: a provider it cannot start fails here, before Ray starts
         TextClassifier(model_path, **engine)
