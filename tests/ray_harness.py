@@ -4,7 +4,8 @@ of its own (tests/test_cluster.py starts it with `unshare -n`; only loopback exi
     python tests/ray_harness.py SCENARIO OUT_DIR INPUT [PCV-BATCH OPTIONS...]
 
 SCENARIO: "cluster" (a head and a second node as separate processes, one job across both),
-"remove-node" (the second node removed once a part is committed), "kill-driver" (pcv-batch
+"remove-node" (the second node removed once a part is committed), "kill-actor" (an actor process
+killed with SIGKILL once a part is committed), "kill-driver" (pcv-batch
 killed with SIGKILL once a part is committed, then the same command with --resume). Prints one
 JSON object: each pcv-batch run's exit status and stderr, and the node ids of the cluster.
 """
@@ -44,6 +45,20 @@ def _wait_for_part(out: str, proc: subprocess.Popen, recorded: bool = False) -> 
     return False
 
 
+def _kill_one_actor() -> int:
+    """SIGKILL one process of the pool's actors (their title starts with ray::MapWorker); how many were killed."""
+    for pid in sorted(int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read().split(b"\0")[0]
+        except OSError:
+            continue
+        if title.startswith(b"ray::MapWorker"):
+            os.kill(pid, signal.SIGKILL)
+            return 1
+    return 0
+
+
 def main(argv: list[str]) -> int:
     scenario, out, inp, *extra = argv
     from ray.cluster_utils import Cluster
@@ -63,6 +78,10 @@ def main(argv: list[str]) -> int:
             report["part_seen_before_removal"] = _wait_for_part(out, proc)
             report["running_at_removal"] = proc.poll() is None
             cluster.remove_node(second)
+        elif scenario == "kill-actor":
+            report["part_seen_before_kill"] = _wait_for_part(out, proc)
+            report["killed_actors"] = _kill_one_actor()
+            report["running_at_kill"] = proc.poll() is None
         elif scenario == "kill-driver":
             report["part_seen_before_kill"] = _wait_for_part(out, proc, recorded=True)
             report["running_at_kill"] = proc.poll() is None

@@ -247,6 +247,16 @@ def test_removing_a_node_mid_job_loses_and_doubles_nothing(tmp_path, job_input):
 
 
 @needs_netns
+def test_a_killed_actor_loses_and_doubles_nothing(tmp_path, job_input):
+    src, preds, errors = job_input
+    report = _harness("kill-actor", tmp_path / "out", src, "--actors", "2", "--shard-records", "256")
+    assert report["part_seen_before_kill"] and report["killed_actors"] == 1 and report["running_at_kill"], report
+    (run,) = report["runs"]
+    assert run["rc"] == 1, run["stderr"]
+    check_parts(tmp_path / "out", src, preds, errors)
+
+
+@needs_netns
 def test_killed_driver_resumes_from_the_committed_shards(tmp_path, job_input):
     src, preds, errors = job_input
     report = _harness("kill-driver", tmp_path / "out", src, "--actors", "1", "--shard-records", "256")
