@@ -128,7 +128,7 @@ def check_options(args: argparse.Namespace) -> None:
     if args.gpus_per_actor is not None and args.gpus_per_actor < 0:
         raise ConfigError("--gpus-per-actor: 0 or more")
     for path in args.inputs:
-        if not (("://" in path) or os.path.isfile(path)):
+        if not (is_uri(path) or os.path.isfile(path)):
             raise InputError(f"{path}: no such file" if not os.path.exists(path) else
                              f"{path}: --engine ray reads regular files (not a directory, FIFO or device)")
 
@@ -143,9 +143,8 @@ def _options(args: argparse.Namespace, out_format: str) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    from .cli import EXIT_OK, EXIT_SOME_FAILED, TEXT_FIELD_PROBE
+    from .cli import TEXT_FIELD_PROBE
     from .formats import output_format
-    from .metrics import format_report, report, write_report
     from .modelfile import file_sha256
     from .outputs import OutputLock, check_distinct
     from .session import resolve_model
@@ -167,8 +166,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if out.fs is None:
         if os.path.exists(out.base) and not os.path.isdir(out.base):
             raise ConfigError(f"-o {args.output}: is a file; --engine ray writes a directory of parts")
-        check_distinct([("-o", out.base)], [("input", p) for p in args.inputs if "://" not in p] + [("--model", str(model_path))])
-        for p in [*[q for q in args.inputs if "://" not in q], str(model_path)]:
+        local_inputs = [p for p in args.inputs if not is_uri(p)]
+        check_distinct([("-o", out.base)], [("input", p) for p in local_inputs] + [("--model", str(model_path))])
+        for p in [*local_inputs, str(model_path)]:
             if os.path.realpath(p).startswith(os.path.realpath(out.base) + os.sep):
                 raise ConfigError(f"{p} is inside the output directory {args.output}; name another -o")
     # The model is checked here first: a model that cannot load fails at once with pcv's message.
@@ -233,8 +233,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             if todo:
                 _execute(ray, args, out, out_format, manifest, todo, min(actors, len(todo)), model_path, model_sha,
                          engine, reader)
-            return _finish(args, out, manifest, labels, t0, EXIT_OK, EXIT_SOME_FAILED, report, format_report,
-                           write_report)
+            return _finish(args, out, manifest, labels, t0)
         except BaseException as e:
             if ours and not (manifest and manifest["parts"]):
                 if ray.is_initialized():
@@ -456,8 +455,9 @@ def _confusion(manifest: dict, n: int) -> np.ndarray:
     return m
 
 
-def _finish(args, out: OutDir, manifest: dict, labels, t0: float, ok: int, some_failed: int, report, format_report,
-            write_report) -> int:
+def _finish(args, out: OutDir, manifest: dict, labels, t0: float) -> int:
+    from .cli import EXIT_OK, EXIT_SOME_FAILED
+
     missing = [s["index"] for s in manifest["shards"] if f"{s['index']:05d}" not in manifest["parts"]]
     if missing:
         raise PcvError(f"{len(missing)} shard(s) came back from no worker (first: {missing[0]}); rerun with --resume")
@@ -473,21 +473,28 @@ def _finish(args, out: OutDir, manifest: dict, labels, t0: float, ok: int, some_
     print(f"pcv-batch: classified {tot['classified']}, failed {tot['failed']}, truncated {tot['truncated']} in "
           f"{dt:.1f}s ({tot['classified'] / dt if dt > 0 else 0:.1f} records/s); parts in {args.output}"
           + (f", errors in {args.output}/errors-*.jsonl" if tot["failed"] else ""), file=sys.stderr)
-    _score(args, manifest, labels, report, format_report, write_report)
-    return some_failed if tot["failed"] else ok
+    _score(args, manifest, labels)
+    return EXIT_SOME_FAILED if tot["failed"] else EXIT_OK
 
 
-def _score(args, manifest: dict, labels, report, format_report, write_report) -> None:
+def _score(args, manifest: dict, labels) -> None:
+    """The local engine's score (cli.Score) of the merged shards: accuracy, what was not scored, per-class metrics."""
+    from .cli import Score
+    from .metrics import format_report, report, write_report
+
     if not args.label_field:
         return
-    m = _confusion(manifest, len(labels))
-    scored = int(m.sum())
-    if not scored:
-        print(f"pcv-batch: no record had a usable {args.label_field!r} to score against", file=sys.stderr)
+    score = Score(tuple(labels), None)
+    score.matrix = _confusion(manifest, len(labels))
+    for name in sorted(manifest["parts"]):
+        part = manifest["parts"][name]
+        score.unlabelled += part.get("unlabelled", 0)
+        score.unusable += part.get("unusable", 0)
+        score.first_unusable = score.first_unusable or part.get("first_unusable", "")
+    print(f"pcv-batch: {score.summary(args.label_field, resumed=False)}", file=sys.stderr)
+    if not score.scored:
         return
-    print(f"pcv-batch: accuracy {100 * np.trace(m) / scored:.2f} % ({int(np.trace(m)):,} of {scored:,} labelled records)",
-          file=sys.stderr)
-    rep = report(m, tuple(labels))
+    rep = report(score.matrix, score.names)
     print(format_report(rep), file=sys.stderr)
     if args.metrics:
         write_report(rep, args.metrics)
@@ -496,11 +503,10 @@ def _score(args, manifest: dict, labels, report, format_report, write_report) ->
 
 def _already_complete(args, manifest: dict, labels) -> int:
     from .cli import EXIT_OK, EXIT_SOME_FAILED
-    from .metrics import format_report, report, write_report
 
     tot = _totals(manifest)
     print(f"pcv-batch: {args.output} is already complete ({tot['records']:,} records: {tot['classified']:,} classified, "
           f"{tot['failed']:,} failed); its parts were checked against the manifest", file=sys.stderr)
-    _score(args, manifest, labels, report, format_report, write_report)
+    _score(args, manifest, labels)
     return EXIT_SOME_FAILED if tot["failed"] else EXIT_OK
 

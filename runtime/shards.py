@@ -400,7 +400,7 @@ def classify_shard(shard: Shard, tc, cfg: ReaderConfig, out: OutDir, out_format:
         raise
     if cfg.label_field:
         result["confusion"] = score.matrix.tolist()
-        result["unscored"] = score.unlabelled + score.unusable
+        result.update(unlabelled=score.unlabelled, unusable=score.unusable, first_unusable=score.first_unusable)
     result["seconds"] = round(time.perf_counter() - t0, 3)
     return result
 
