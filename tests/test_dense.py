@@ -14,15 +14,16 @@ from pcv.train.cli import train_main
 from pcv.train.fastattn import use_fused_attention
 from pcv.train.surgery import patch_init
 from pcv.train.teacher import DenseTargets, word_weights
+from pcv.runtime.errors import ConfigError
 from transformers import PerceiverForSequenceClassification
 
 
 def test_targets_sit_under_the_latent_that_reads_the_word():
     d = DenseTargets({"great": 2.0, "film": -1.0}, num_latents=4, max_length=16)  # 4-byte windows
     t, m = d(["a great film"])  # [CLS] at 0: "great" at byte 3 -> latent 0, "film" at byte 9 -> latent 2
-    assert t.tolist() == [[2.0, 0.0, -1.0, 0.0]] and m.tolist() == [[1, 1, 1, 1]]
+    assert t[..., 0].tolist() == [[2.0, 0.0, -1.0, 0.0]] and m.tolist() == [[1, 1, 1, 1]] and t.shape == (1, 4, 1)
     t, m = d(["é great"])  # two-byte é: "great" starts at byte 4 -> latent 1; 10 tokens -> 3 latents used
-    assert t.tolist() == [[0.0, 2.0, 0.0, 0.0]] and m.tolist() == [[1, 1, 1, 0]]
+    assert t[..., 0].tolist() == [[0.0, 2.0, 0.0, 0.0]] and m.tolist() == [[1, 1, 1, 0]]
     t, _ = d(["x" * 20 + " great"])  # truncated away: no target
     assert not t.any()
     t, _ = d(["GREAT great, great!"])  # lower-cased like the lexicon; repeats add up per window
@@ -33,7 +34,7 @@ def test_window_comes_from_the_models_positions_not_the_truncation():
     # A 16-position model with 4 latents reads 4-byte windows even when training cuts inputs at 8.
     d = DenseTargets({"great": 2.0, "film": -1.0}, num_latents=4, max_length=8, positions=16)
     t, m = d(["a great film"])  # "great" at byte 3 -> latent 0; "film" at byte 9 is cut off
-    assert t.tolist() == [[2.0, 0.0, 0.0, 0.0]] and m.tolist() == [[1, 1, 0, 0]]
+    assert t[..., 0].tolist() == [[2.0, 0.0, 0.0, 0.0]] and m.tolist() == [[1, 1, 0, 0]]
 
 
 def test_word_positions_match_the_tokenizer(reviews):
@@ -45,7 +46,7 @@ def test_word_positions_match_the_tokenizer(reviews):
     t, _ = d(texts)
     ids = tok(texts, max_length=2048, truncation=True, padding="longest").input_ids
     for row, text in enumerate(texts):
-        for pos in np.flatnonzero(t[row]):
+        for pos in np.flatnonzero(t[row, :, 0]):
             got = [int(i) - 6 for i in ids[row, pos : pos + 3]]  # byte ids follow the 6 specials
             if min(got) < 0:  # the word runs into [SEP] at the truncation point: its start is still there
                 assert got[0] == ord("t") or got[0] == ord("T")
@@ -61,7 +62,39 @@ def test_normalised_targets_have_unit_rms(reviews):
     labels = np.array([r["label"] for r in reviews])
     d = DenseTargets(word_weights(texts, labels), num_latents=64, max_length=512).normalised(texts)
     t, m = d(texts)
-    assert np.sqrt((t**2 * m).sum() / m.sum()) == pytest.approx(1.0, rel=1e-4)
+    assert np.sqrt((t**2 * m[..., None]).sum() / m.sum()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_multi_class_lexicon_has_a_weight_per_label_and_targets_a_channel_each():
+    texts = ["the cat sat on a mat", "a cat and a mat", "my cat", "dogs bark at the mailman", "a dog barks", "dog days",
+             "birds sing songs", "a bird sings", "bird songs"] * 3
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2] * 3)
+    ww = word_weights(texts, labels)
+    assert {len(v) for v in ww.values()} == {3}
+    assert int(np.argmax(ww["cat"])) == 0 and int(np.argmax(ww["dog"])) == 1 and int(np.argmax(ww["bird"])) == 2
+    d = DenseTargets({"cat": [1.0, -1.0, 0.0], "bird": [0.0, 0.5, 2.0]}, num_latents=4, max_length=16)
+    assert d.channels == 3
+    t, m = d(["a cat, a bird"])  # [CLS] at 0: "cat" at byte 3 -> latent 0, "bird" at 10 -> latent 2
+    assert t.shape == (1, 4, 3) and m.tolist() == [[1, 1, 1, 1]]
+    np.testing.assert_array_equal(t[0], [[1.0, -1.0, 0.0], [0, 0, 0], [0.0, 0.5, 2.0], [0, 0, 0]])
+    t, _ = d(["cat cat"])  # both in window 0 (bytes 1 and 5 -> latents 0 and 1)
+    np.testing.assert_array_equal(t[0, :2], [[1.0, -1.0, 0.0], [1.0, -1.0, 0.0]])
+    with pytest.raises(ConfigError, match="different lengths"):
+        DenseTargets({"cat": [1.0, 0.0], "dog": 1.0}, num_latents=4, max_length=16)
+
+
+def test_train_with_dense_distillation_on_three_labels(tmp_path, reviews):
+    p = tmp_path / "train.jsonl"
+    names = ["neg", "pos", "other"]
+    p.write_text("".join(json.dumps({"text": r["text"], "label": names[i % 3]}) + "\n" for i, r in enumerate(reviews[:60])))
+    out = tmp_path / "m"
+    args = [str(p), "--out", str(out), "--dense-weight", "1.0", "--teacher", "ngram", "--epochs", "1", "--num-latents", "16",
+            "--d-latents", "32", "--d-model", "64", "--num-layers", "1", "--self-heads", "2", "--cross-heads", "2",
+            "--max-length", "128", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "2", "--eval-every", "3"]
+    assert train_main(args) == 0
+    m = PerceiverForSequenceClassification.from_pretrained(out)
+    assert sorted(m.config.id2label.values()) == sorted(names)
+    assert json.loads((out / "metrics.json").read_text())["config"]["dense_weight"] == 1.0
 
 
 def test_fused_attention_gives_the_stock_logits_and_gradients():
@@ -132,12 +165,12 @@ def test_dense_memo_gives_the_targets_of_each_text_at_each_shift(max_bytes):
 def test_shifted_targets_move_the_words_and_cut_at_max_length():
     d = DenseTargets({"great": 2.0, "film": -1.0}, num_latents=4, max_length=16)  # 4-byte windows
     t, m = d(["great film"], np.array([0]))  # [CLS] at 0: great at 1 (window 0), film at 7 (window 1)
-    np.testing.assert_array_equal(t[0], [2.0, -1.0, 0, 0])
+    np.testing.assert_array_equal(t[0, :, 0], [2.0, -1.0, 0, 0])
     t, m = d(["great film"], np.array([3]))  # great at 4 (window 1), film at 10 (window 2)
-    np.testing.assert_array_equal(t[0], [0, 2.0, -1.0, 0])
+    np.testing.assert_array_equal(t[0, :, 0], [0, 2.0, -1.0, 0])
     np.testing.assert_array_equal(m[0], [1, 1, 1, 1])  # 3 + 10 bytes + 2 specials = 15 tokens
     t, _ = d(["great film"], np.array([8]))  # film would start at 15, where truncation puts [SEP]
-    np.testing.assert_array_equal(t[0], [0, 0, 2.0, 0])
+    np.testing.assert_array_equal(t[0, :, 0], [0, 0, 2.0, 0])
 
 
 def test_dense_memo_prefill_in_processes_gives_the_same_targets(reviews):

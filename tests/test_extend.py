@@ -53,7 +53,7 @@ def test_dense_windows_repeat_with_the_positions():
     # 16 positions, 4 latents -> 4-byte windows that start again at token 16.
     d = DenseTargets({"great": 2.0, "film": -1.0}, num_latents=4, max_length=32, positions=16)
     t, m = d(["x" * 14 + " great film"])  # [CLS] + 14 x + space: "great" at token 16 -> latent 0, "film" at 22 -> latent 1
-    assert t.tolist() == [[2.0, -1.0, 0.0, 0.0]] and m.tolist() == [[1, 1, 1, 1]]
+    assert t[..., 0].tolist() == [[2.0, -1.0, 0.0, 0.0]] and m.tolist() == [[1, 1, 1, 1]]
 
 
 def test_train_from_a_shorter_model_extends_it(tmp_path, reviews, capsys):

@@ -237,18 +237,19 @@ def cached(path: str | Path | None, key: str, build: Callable[[], dict[str, np.n
     return arrays
 
 
-def word_weights(texts: list[str], labels: npt.NDArray[np.int64], *, c: float = 0.5) -> dict[str, float]:
-    """A lexicon: logistic-regression weight (positive = label 1) of each lower-cased word, from
-    binary word presence. The dense teacher places these weights under the latents."""
+def word_weights(texts: list[str], labels: npt.NDArray[np.int64], *, c: float = 0.5) -> dict[str, npt.NDArray[np.float32]]:
+    """A lexicon: the logistic-regression weights of each lower-cased word's presence, one per channel:
+    a single channel for two labels (positive = label 1), one per label past two (multinomial). The
+    dense teacher places these weights under the latents."""
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    if len(set(labels.tolist())) != 2:
-        raise ConfigError("the dense word teacher needs exactly two labels")
+    if len(set(labels.tolist())) < 2:
+        raise ConfigError("the dense word teacher needs at least two labels")
     vec = CountVectorizer(binary=True, min_df=3, lowercase=True)
     x = vec.fit_transform(texts)
-    coef = LogisticRegression(C=c, max_iter=2000).fit(x, labels).coef_[0]
-    return dict(zip(vec.get_feature_names_out().tolist(), coef.astype(np.float32).tolist()))
+    coef = LogisticRegression(C=c, max_iter=2000).fit(x, labels).coef_.astype(np.float32)  # (1, V) or (C, V)
+    return dict(zip(vec.get_feature_names_out().tolist(), coef.T))
 
 
 _WORKER_TARGETS: DenseTargets | None = None  # set in each DenseMemo.prefill process
@@ -265,7 +266,7 @@ def dense_words_of(texts: list[str]) -> list[Words]:
 
 
 # A text's lexicon words as DenseTargets places them: (token positions of their first bytes, their
-# weights, the text's UTF-8 length).
+# weights (n, channels), the text's UTF-8 length).
 Words = tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], int]
 
 
@@ -274,25 +275,32 @@ class DenseTargets:
 
     Latent i of a patch-initialised model starts reading bytes [i*W, (i+1)*W) of the input
     (W = positions / num_latents, the model's position embeddings per latent; position 0 is
-    [CLS]). Its target is the summed lexicon weight of the words that start in that window, so
-    every latent gets a signal, not only the pooled output. Inputs are cut at max_length tokens
+    [CLS]). Its target is the summed lexicon weight of the words that start in that window (a
+    vector of `channels`: one for two labels, one per label past two), so every latent gets a
+    signal, not only the pooled output. Inputs are cut at max_length tokens
     (positions defaults to it); with max_length > positions the windows repeat every `positions`
     tokens, as the position embeddings of an extended model do (modeling.extend_positions).
-    `__call__` gives (targets (B, N), mask (B, N) of latents over real bytes).
+    `__call__` gives (targets (B, N, channels), mask (B, N) of latents over real bytes).
     """
 
-    def __init__(self, weights: dict[str, float], *, num_latents: int, max_length: int, positions: int | None = None) -> None:
+    def __init__(self, weights: dict, *, num_latents: int, max_length: int, positions: int | None = None) -> None:
         positions = positions or max_length
         if positions % num_latents:
             raise ConfigError(f"the model's {positions} positions are not a multiple of num_latents {num_latents}")
-        self.weights, self.n, self.max_length, self.positions = weights, num_latents, max_length, positions
+        # a word's weight: a number (one channel) or a vector of them
+        self.weights = {k: np.atleast_1d(np.asarray(v, np.float32)) for k, v in weights.items()}
+        sizes = {len(v) for v in self.weights.values()}
+        if len(sizes) > 1:
+            raise ConfigError(f"the lexicon's weights have {len(sizes)} different lengths")
+        self.channels = sizes.pop() if sizes else 1
+        self.n, self.max_length, self.positions = num_latents, max_length, positions
         self.window = positions // num_latents
 
     def normalised(self, texts: list[str]) -> DenseTargets:
         """The same targets scaled to unit RMS over the latents of `texts` (a sample of the pool), so
         one dense weight suits any lexicon and window."""
         t, m = self(texts)
-        rms = float(np.sqrt((t**2 * m).sum() / max(1.0, m.sum()))) or 1.0
+        rms = float(np.sqrt((t**2 * m[..., None]).sum() / max(1.0, m.sum() * self.channels))) or 1.0
         return DenseTargets({k: v / rms for k, v in self.weights.items()}, num_latents=self.n, max_length=self.max_length,
                             positions=self.positions)
 
@@ -303,7 +311,7 @@ class DenseTargets:
         offsets = None if ascii_ else np.concatenate([[0], np.cumsum([len(ch.encode("utf-8", "surrogatepass")) for ch in text])])
         n_bytes = len(text) if ascii_ else int(offsets[-1])
         pos: list[int] = []
-        weight: list[float] = []
+        weight: list[npt.NDArray[np.float32]] = []
         for m in _WORD.finditer(text):
             p = 1 + (m.start() if ascii_ else int(offsets[m.start()]))  # after [CLS]
             if p >= self.max_length:
@@ -312,7 +320,7 @@ class DenseTargets:
             if w is not None:
                 pos.append(p)
                 weight.append(w)
-        return np.array(pos, np.int64), np.array(weight, np.float32), n_bytes
+        return (np.array(pos, np.int64), np.array(weight, np.float32).reshape(len(pos), self.channels), n_bytes)
 
     def from_words(self, words: list[Words], shifts: npt.NDArray[np.int64] | None = None
                    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
@@ -327,13 +335,14 @@ class DenseTargets:
         counts = np.fromiter((len(w[0]) for w in words), np.int64, b)
         rows = np.repeat(np.arange(b), counts)
         pos = (np.concatenate([w[0] for w in words]) if b else np.zeros(0, np.int64)) + shift[rows]
-        weight = np.concatenate([w[1] for w in words]) if b else np.zeros(0, np.float32)
+        weight = np.concatenate([w[1] for w in words]) if b else np.zeros((0, self.channels), np.float32)
         keep = pos < used[rows] - 1  # content bytes sit at 1 .. used - 2; [SEP] takes the last place
         cell = rows[keep] * self.n + (pos[keep] % self.positions) // self.window
-        targets = np.bincount(cell, weights=weight[keep], minlength=b * self.n).reshape(b, self.n).astype(np.float32)
-        return targets, mask
+        targets = np.zeros((b * self.n, self.channels), np.float32)
+        np.add.at(targets, cell, weight[keep])
+        return targets.reshape(b, self.n, self.channels), mask
 
     def __call__(self, texts: list[str], shifts: npt.NDArray[np.int64] | None = None
                  ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """(targets (B, N), mask (B, N) of latents over real bytes), each text after shifts[row] spaces."""
+        """(targets (B, N, channels), mask (B, N) of latents over real bytes), each text after shifts[row] spaces."""
         return self.from_words([self.words(t) for t in texts], shifts)

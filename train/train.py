@@ -290,7 +290,7 @@ class Targets:
 
     pool: list[str]
     targets: np.ndarray  # (len(pool), C)
-    words: dict[str, float] | None = None  # the dense teacher's lexicon (word -> weight)
+    words: dict[str, np.ndarray] | None = None  # the dense teacher's lexicon (word -> its weights, one per channel)
     scorer: object | None = None  # teacher.NgramScorer, with splice_augment
     teacher_val_acc: float | None = None
     teacher_val_acc_cut: float | None = None  # on the first max_length tokens the student reads
@@ -321,9 +321,6 @@ def load_data(cfg: TrainConfig) -> Data:
     va = val_sample(va, cfg)
     data = Data(id2label, [texts[i] for i in tr], labels[tr], [texts[i] for i in va], labels[va])
     check_label_counts(data.tr_labels, id2label, cfg)
-    if cfg.dense_weight > 0 and data.num_labels != 2:  # before any teacher is fitted
-        raise InputError(f"--dense-weight: the dense word targets are for two labels; the data has {data.num_labels} "
-                         f"({', '.join(names)}): drop --dense-weight (the teacher's soft labels work for any number)")
     return data
 
 
@@ -381,7 +378,7 @@ def fit_targets(cfg: TrainConfig, data: Data) -> Targets:
         fitted["scorer"] = t  # empty unless splicing
         if cfg.dense_weight > 0:
             ww = word_weights(data.tr_texts, data.tr_labels)
-            arrays |= {"words": np.array(list(ww), dtype=str), "weights": np.array(list(ww.values()), np.float32)}
+            arrays |= {"words": np.array(list(ww), dtype=str), "weights": np.array(list(ww.values()), np.float32)}  # (V, channels)
         return arrays
 
     key = fingerprint(data.tr_texts + data.va_texts + unl + seen, data.tr_labels, data.va_labels,
@@ -389,7 +386,7 @@ def fit_targets(cfg: TrainConfig, data: Data) -> Targets:
                                 len(data.va_texts), cfg.dense_weight > 0))
     t = cached(cfg.teacher_cache, key, build)
     other = t["other"]
-    words = dict(zip(t["words"].tolist(), t["weights"].tolist())) if "words" in t else None
+    words = dict(zip(t["words"].tolist(), t["weights"])) if "words" in t else None
     n_va = len(data.va_texts)
     acc = float((other[:n_va].argmax(1) == data.va_labels).mean())
     acc_cut = float((t["probe"].argmax(1) == data.va_labels).mean())
@@ -446,7 +443,7 @@ def dense_targets(cfg: TrainConfig, model, data: Data, tg: Targets, device: torc
         memo.prefill(tg.pool, workers)
         print(f"dense targets for {len(tg.pool):,} texts made in {time.perf_counter() - t0:.1f}s ({workers} processes)",
               flush=True)
-    head = torch.nn.Linear(mc.d_latents, 1).to(device)  # training only: reads a word score off each latent
+    head = torch.nn.Linear(mc.d_latents, dense.channels).to(device)  # training only: reads word scores off each latent
     return memo, torch.nn.ModuleDict({"model": model, "dense_head": head})
 
 
@@ -487,8 +484,8 @@ class BatchLoss:
         loss = -(yt * torch.log_softmax(out.logits.float(), -1)).sum(-1).mean()
         if dense is not None:
             t, tm = (torch.from_numpy(a).to(device) for a in dense.dense.from_words(words, shifts))
-            pred = self.trained["dense_head"](out.hidden_states[-1].float()).squeeze(-1)  # (B, num_latents)
-            loss = loss + cfg.dense_weight * (((pred - t) ** 2) * tm).sum() / tm.sum()
+            pred = self.trained["dense_head"](out.hidden_states[-1].float())  # (B, num_latents, channels)
+            loss = loss + cfg.dense_weight * (((pred - t) ** 2) * tm[..., None]).mean(-1).sum() / tm.sum()
         return loss
 
 
