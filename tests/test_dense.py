@@ -10,11 +10,11 @@ import pytest
 import torch
 from pcv.export.modeling import ModelSize, build_config
 from pcv.runtime import PerceiverByteTokenizer
+from pcv.runtime.errors import ConfigError
 from pcv.train.cli import train_main
 from pcv.train.fastattn import use_fused_attention
 from pcv.train.surgery import patch_init
 from pcv.train.teacher import DenseTargets, word_weights
-from pcv.runtime.errors import ConfigError
 from transformers import PerceiverForSequenceClassification
 
 
@@ -222,3 +222,45 @@ def test_shift_augment_trains_on_shifted_texts_with_their_targets(tmp_path, revi
     assert drawn.min() >= 0 and drawn.max() <= 3 and len(set(drawn.tolist())) > 1
     assert sorted(set(leading)) == sorted(set(drawn.tolist()) | {0})  # training texts shifted; evaluation ones not
     assert json.loads((tmp_path / "m" / "metrics.json").read_text())["config"]["shift_augment"] == 4
+
+
+def test_fresh_model_defaults_to_dense_targets_and_shifts_and_says_so(tmp_path, reviews, capsys):
+    p = tmp_path / "train.jsonl"
+    p.write_text("".join(json.dumps({"text": r["text"], "label": ["a", "b", "c"][i % 3]}) + "\n"
+                         for i, r in enumerate(reviews[:48])))
+    small = ["--num-latents", "16", "--d-latents", "32", "--d-model", "64", "--num-layers", "1", "--self-heads", "2",
+             "--cross-heads", "2", "--max-length", "128", "--batch-size", "8", "--epochs", "1", "--eval-every", "100"]
+    assert train_main([str(p), "--out", str(tmp_path / "m"), *small]) == 0
+    out = capsys.readouterr().out
+    assert "learns from: labels; word targets under every latent (--dense-weight 1); texts shifted by 0-7 bytes" in out
+    cfg = json.loads((tmp_path / "m" / "metrics.json").read_text())["config"]
+    assert (cfg["dense_weight"], cfg["shift_augment"]) == (1.0, 8)  # 128 positions / 16 latents
+    assert train_main([str(p), "--out", str(tmp_path / "off"), *small, "--dense-weight", "0", "--shift-augment", "0"]) == 0
+    assert "learns from: labels\n" in capsys.readouterr().out
+    cfg = json.loads((tmp_path / "off" / "metrics.json").read_text())["config"]
+    assert (cfg["dense_weight"], cfg["shift_augment"]) == (0.0, 0)
+
+
+def test_texts_without_shared_words_train_on_their_labels_and_say_so(tmp_path, capsys):
+    p = tmp_path / "train.jsonl"
+    p.write_text("".join(json.dumps({"text": f"w{i}x{i * 7}", "label": "ab"[i % 2]}) + "\n" for i in range(30)))
+    small = ["--num-latents", "16", "--d-latents", "32", "--d-model", "64", "--num-layers", "1", "--self-heads", "2",
+             "--cross-heads", "2", "--max-length", "128", "--batch-size", "8", "--epochs", "1", "--eval-every", "100"]
+    assert train_main([str(p), "--out", str(tmp_path / "m"), *small]) == 0
+    out = capsys.readouterr().out
+    assert "no word occurs in 3 training texts" in out and "learns from: labels; texts shifted" in out
+    assert json.loads((tmp_path / "m" / "metrics.json").read_text())["config"]["dense_weight"] == 0.0
+
+
+def test_dense_weight_below_zero_is_refused(tmp_path, capsys):
+    assert train_main(["x.jsonl", "--out", str(tmp_path / "m"), "--dense-weight", "-1"]) == 2
+    assert "--dense-weight -1" in capsys.readouterr().err
+
+
+def test_windows_follow_the_patch_starts_when_positions_do_not_divide():
+    # 16 positions over 3 latents: patch_init starts latent i on byte 16 i / 3 (0, 5.33, 10.67)
+    d = DenseTargets({"great": 2.0, "film": -1.0, "end": 0.5}, num_latents=3, max_length=16)
+    t, m = d(["a great film end"])  # great at 3 -> 0, film at 9 -> 1, end at 14 is [SEP]'s place after truncation
+    assert t[..., 0].tolist() == [[2.0, -1.0, 0.0]] and m.tolist() == [[1, 1, 1]]
+    t, m = d(["great"])  # 7 tokens: latents 0 and 1 (7 * 3 / 16 = 1.3)
+    assert t[..., 0].tolist() == [[2.0, 0.0, 0.0]] and m.tolist() == [[1, 1, 0]]

@@ -116,12 +116,14 @@ def train_main(argv: list[str] | None = None) -> int:
                    help="keep the teacher's outputs here and reuse them while the data and settings match "
                         "(fitting it takes a minute or more on IMDB; a resume or another run skips that)")
     p.add_argument("--distill-weight", type=float, default=0.5)
-    p.add_argument("--dense-weight", type=float, default=0.0,
-                   help="dense distillation: weight of a per-latent word-lexicon loss (0 = off)")
-    p.add_argument("--shift-augment", type=int, default=0, metavar="W",
+    p.add_argument("--dense-weight", type=float, metavar="W",
+                   help="dense distillation: weight of a per-latent word-lexicon loss, for any number of labels "
+                        "(default: 1 for a fresh patch-initialised model, 0 = off with --init-from)")
+    p.add_argument("--shift-augment", type=int, metavar="W",
                    help="train on each text after 0..W-1 leading spaces (drawn per example and step), so that the "
-                        "model reads a text alike wherever its bytes fall in the latents' patches (8 bytes at the "
-                        "default sizes; pcv-batch --shifts shows the sensitivity). Default 0: off")
+                        "model reads a text alike wherever its bytes fall in the latents' patches (pcv-batch "
+                        "--shifts shows the sensitivity). Default: a fresh patch-initialised model's patch width "
+                        "(8 bytes at the preset sizes), 0 = off with --init-from")
     p.add_argument("--splice-augment", type=float, default=0.0, metavar="P",
                    help="replace this share of each batch (0-1) by splices: the start of one pool text and the end "
                         "of another, cut at whitespace, labelled by the n-gram teacher (--teacher ngram or ngram-nb): "
@@ -146,7 +148,9 @@ def train_main(argv: list[str] | None = None) -> int:
         p.error("the following arguments are required: --out (or --write-split DIR)")
     size, problem = _size(a)
     max_length = a.max_length or (None if a.init_from else size.max_length)
-    if a.shift_augment < 0 or (max_length and a.shift_augment > max_length // 4):
+    if a.dense_weight is not None and a.dense_weight < 0:
+        return _fail(f"--dense-weight {a.dense_weight}: 0 (off) or a positive weight")
+    if a.shift_augment is not None and (a.shift_augment < 0 or (max_length and a.shift_augment > max_length // 4)):
         return _fail(f"--shift-augment {a.shift_augment}: 0 (off) to a quarter of --max-length ({(max_length or 0) // 4})")
     if not 0 <= a.splice_augment <= 1:
         return _fail(f"--splice-augment {a.splice_augment}: a share of each batch, 0 (off) to 1")

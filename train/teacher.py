@@ -246,8 +246,11 @@ def word_weights(texts: list[str], labels: npt.NDArray[np.int64], *, c: float = 
 
     if len(set(labels.tolist())) < 2:
         raise ConfigError("the dense word teacher needs at least two labels")
-    vec = CountVectorizer(binary=True, min_df=3, lowercase=True)
-    x = vec.fit_transform(texts)
+    vec = CountVectorizer(binary=True, min_df=min(3, len(texts)), lowercase=True)
+    try:
+        x = vec.fit_transform(texts)
+    except ValueError:  # no word in at least min_df texts (few or wordless texts): no lexicon
+        return {}
     coef = LogisticRegression(C=c, max_iter=2000).fit(x, labels).coef_.astype(np.float32)  # (1, V) or (C, V)
     return dict(zip(vec.get_feature_names_out().tolist(), coef.T))
 
@@ -274,7 +277,7 @@ class DenseTargets:
     """Per-latent targets for dense distillation.
 
     Latent i of a patch-initialised model starts reading bytes [i*W, (i+1)*W) of the input
-    (W = positions / num_latents, the model's position embeddings per latent; position 0 is
+    (W = positions / num_latents, the model's position embeddings per latent, not always whole; position 0 is
     [CLS]). Its target is the summed lexicon weight of the words that start in that window (a
     vector of `channels`: one for two labels, one per label past two), so every latent gets a
     signal, not only the pooled output. Inputs are cut at max_length tokens
@@ -285,8 +288,6 @@ class DenseTargets:
 
     def __init__(self, weights: dict, *, num_latents: int, max_length: int, positions: int | None = None) -> None:
         positions = positions or max_length
-        if positions % num_latents:
-            raise ConfigError(f"the model's {positions} positions are not a multiple of num_latents {num_latents}")
         # a word's weight: a number (one channel) or a vector of them
         self.weights = {k: np.atleast_1d(np.asarray(v, np.float32)) for k, v in weights.items()}
         sizes = {len(v) for v in self.weights.values()}
@@ -294,7 +295,7 @@ class DenseTargets:
             raise ConfigError(f"the lexicon's weights have {len(sizes)} different lengths")
         self.channels = sizes.pop() if sizes else 1
         self.n, self.max_length, self.positions = num_latents, max_length, positions
-        self.window = positions // num_latents
+        self.window = positions / num_latents  # patch_init's: latent i starts on byte i * window
 
     def normalised(self, texts: list[str]) -> DenseTargets:
         """The same targets scaled to unit RMS over the latents of `texts` (a sample of the pool), so
@@ -331,13 +332,13 @@ class DenseTargets:
         n_bytes = np.fromiter((w[2] for w in words), np.int64, b)
         used = np.minimum(n_bytes + shift + 2, self.max_length)  # [CLS] + bytes + [SEP], truncated
         # past n when the windows repeat: all of them
-        mask = (np.arange(self.n) < -(-used // self.window)[:, None]).astype(np.float32)
+        mask = (np.arange(self.n) < np.ceil(used * self.n / self.positions)[:, None]).astype(np.float32)
         counts = np.fromiter((len(w[0]) for w in words), np.int64, b)
         rows = np.repeat(np.arange(b), counts)
         pos = (np.concatenate([w[0] for w in words]) if b else np.zeros(0, np.int64)) + shift[rows]
         weight = np.concatenate([w[1] for w in words]) if b else np.zeros((0, self.channels), np.float32)
         keep = pos < used[rows] - 1  # content bytes sit at 1 .. used - 2; [SEP] takes the last place
-        cell = rows[keep] * self.n + (pos[keep] % self.positions) // self.window
+        cell = rows[keep] * self.n + (pos[keep] % self.positions) * self.n // self.positions
         targets = np.zeros((b * self.n, self.channels), np.float32)
         np.add.at(targets, cell, weight[keep])
         return targets.reshape(b, self.n, self.channels), mask

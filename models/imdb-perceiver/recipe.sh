@@ -26,7 +26,7 @@ fi
 mkdir -p "$OUT"
 if [[ ! -f $OUT/base/metrics.json ]]; then
   pcv-train "$DATA/train.jsonl.gz" --out "$OUT/base" --labels neg,pos --teacher ngram --teacher-cache "$OUT/teacher.npz" \
-    --unlabelled "$DATA/unsup.jsonl.gz" --dense-weight 1.0 --val-limit 1000 --max-length 2048 --attention-dropout 0 \
+    --unlabelled "$DATA/unsup.jsonl.gz" --dense-weight 1.0 --shift-augment 0 --val-limit 1000 --max-length 2048 --attention-dropout 0 \
     --num-latents 256 --d-latents 192 --d-model 128 --num-layers 6 --self-heads 6 --cross-heads 8 --cross-widening 2 \
     --self-widening 2 --batch-size 128 --lr 1e-3 --warmup-steps 300 --epochs 1000 --max-minutes 8 --eval-every 250 \
     --checkpoint-every 250 --average-last 5 --device cuda
