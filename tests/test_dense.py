@@ -260,7 +260,7 @@ def test_dense_weight_below_zero_is_refused(tmp_path, capsys):
 def test_windows_follow_the_patch_starts_when_positions_do_not_divide():
     # 16 positions over 3 latents: patch_init starts latent i on byte 16 i / 3 (0, 5.33, 10.67)
     d = DenseTargets({"great": 2.0, "film": -1.0, "end": 0.5}, num_latents=3, max_length=16)
-    t, m = d(["a great film end"])  # great at 3 -> 0, film at 9 -> 1, end at 14 is [SEP]'s place after truncation
-    assert t[..., 0].tolist() == [[2.0, -1.0, 0.0]] and m.tolist() == [[1, 1, 1]]
+    t, m = d(["a great film end"])  # great at 3 -> 0, film at 9 -> 1, end at 14 -> 2 (cut at 16: [SEP] at 15)
+    assert t[..., 0].tolist() == [[2.0, -1.0, 0.5]] and m.tolist() == [[1, 1, 1]]
     t, m = d(["great"])  # 7 tokens: latents 0 and 1 (7 * 3 / 16 = 1.3)
     assert t[..., 0].tolist() == [[2.0, 0.0, 0.0]] and m.tolist() == [[1, 1, 0]]
