@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from pcv.runtime.batching import BatchPlan, plan_batches
+from pcv.runtime.cpu import cpu_flags
 from pcv.runtime.pipeline import PipelineConfig, classify_records
 from pcv.runtime.readers import ReaderConfig, Record, read_records
 from pcv.runtime.session import PROVIDERS, OnnxClassifier, SessionConfig, available_providers, plan_engine, resolve_model, softmax
@@ -76,16 +77,6 @@ def int8_gemm_peak_gops(n: int = 2048, threads: int | None = None) -> float:
     feeds = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
     best = min(_timeit(lambda: sess.run(None, feeds), 0.0, 1)[0] for _ in range(3))
     return 2 * n**3 / best / 1e9
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's vector instruction sets (Linux /proc/cpuinfo): what int8 and bf16 kernels can use."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
-    except (OSError, StopIteration):
-        return []
-    return sorted(f for f in flags if f.startswith(("avx", "amx", "sse4")) or f in ("fma", "f16c"))
 
 
 def machine() -> dict:

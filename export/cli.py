@@ -46,6 +46,10 @@ def export_main(argv: list[str] | None = None) -> int:
                    "OUT.onnx is always the fp32 graph, others are written as OUT.<kind>.onnx")
     p.add_argument("--calibration", help="int8-static: JSONL/CSV/TXT of real review text for calibration")
     p.add_argument("--calibration-size", type=int, default=128, help="int8-static: texts used (default 128)")
+    p.add_argument("--int8-weights", choices=["auto", "8bit", "7bit"], default="auto",
+                   help="int8: full-range 8-bit weights, or 7-bit ones that cannot saturate ONNX Runtime's int8 sums "
+                        "on x86 CPUs without VNNI (AVX2 only); auto: 8-bit when the exporting CPU has VNNI "
+                        "(avx512_vnni, avx_vnni, amx_int8) or is not x86, else 7-bit. Export for the CPU that runs it")
     p.add_argument("--trt-fp16", action="store_true", help="tensorrt: build fp16 engines")
     p.add_argument("--batch-size", type=int, default=64, help="tensorrt: largest batch in the shape profile")
     a = show_defaults(p).parse_args(argv)
@@ -74,7 +78,7 @@ def export_main(argv: list[str] | None = None) -> int:
             rc = ReaderConfig(text_field=a.text_field, id_field=None)
             calib = tuple(t for t, _ in zip((r.text for r in read_records(a.calibration, rc) if r.text), range(a.calibration_size)))
         vcfg = VariantConfig(calibration_texts=calib, calibration_size=a.calibration_size, trt_fp16=a.trt_fp16,
-                             batch_size=a.batch_size)  # max_length: the exported model's pcv.max_length
+                             batch_size=a.batch_size, int8_weights=a.int8_weights)  # max_length: the exported model's pcv.max_length
         for kind in dict.fromkeys(k for k in a.variant if k != "fp32"):
             print(build_variant(kind, Path(a.out), variant_path(Path(a.out), kind), vcfg).format())
     except PcvError as e:

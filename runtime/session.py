@@ -152,6 +152,26 @@ def plan_engine(model: Path, provider: str, *, batch_size: int | None = None, th
     return name, Engine(batch_size=batch_size or base.batch_size, threads=threads or base.threads, concurrent_runs=runs)
 
 
+INT8_BITS_KEY = "pcv.int8_weight_bits"  # metadata of the int8 variant: 8 (full range) or 7 (reduce_range)
+_WARNED: set[str] = set()  # models already warned about in this process (a CPU engine opens several sessions)
+
+
+def warn_int8_range(path: Path, meta: dict[str, str], provider: str) -> str | None:
+    """The warning for an int8 model with full-range weights on a CPU whose int8 sums saturate, once
+    per model and process (printed to stderr); None when there is nothing to say."""
+    from .cpu import int8_saturates
+
+    if provider != "cpu" or meta.get(INT8_BITS_KEY) != "8" or not int8_saturates():
+        return None
+    msg = (f"pcv: {path} has full-range 8-bit int8 weights, made for CPUs with VNNI; this CPU has none, and ONNX "
+           f"Runtime's int8 sums can saturate here (logits move more than with 7-bit weights): for this CPU, export "
+           f"with pcv-export --variant int8 --int8-weights 7bit")
+    if str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        print(msg, file=sys.stderr)
+    return msg
+
+
 class OnnxClassifier:
     """An onnxruntime session over a pcv ONNX model: logits for tokenized batches.
 
@@ -167,6 +187,7 @@ class OnnxClassifier:
         except OSError as e:
             raise ModelError(f"{path}: cannot read the model ({e})") from e
         self.provider = pick_provider(cfg.provider, meta.get("pcv.variant"))  # auto: int8 -> cpu, ...
+        warn_int8_range(path, meta, self.provider)
         trt = json.loads(meta["pcv.trt_options"]) if "pcv.trt_options" in meta else None
         self.session = self._open(path, cfg, trt)
         self._check_provider(path, cfg)

@@ -186,3 +186,63 @@ def test_calibration_stays_within_the_models_positions(src, review_texts, tmp_pa
     out = tmp_path / "m.int8-static.onnx"
     rep = build_variant("int8-static", path, out, VariantConfig(calibration_texts=tuple(review_texts[:16])))
     assert out.is_file() and rep.kind == "int8-static"
+
+
+@pytest.mark.parametrize("flags,machine,bits", [
+    (["avx2", "avx512_vnni", "avx512f"], "x86_64", 8),  # VNNI: 32-bit sums, full-range weights
+    (["avx2", "avx_vnni"], "x86_64", 8),
+    (["amx_int8", "avx2"], "AMD64", 8),
+    (["avx2", "fma"], "x86_64", 7),  # AVX2 only: 16-bit pair sums saturate on full-range weights
+    ([], "x86_64", 7),  # unknown: the weights that cannot saturate
+    ([], "aarch64", 8),  # not x86: no such saturation
+])
+def test_int8_weight_bits_follow_the_exporting_cpu(flags, machine, bits):
+    from pcv.export.variants import int8_weight_bits
+
+    got, why = int8_weight_bits("auto", flags, machine)
+    assert got == bits and why
+    assert int8_weight_bits("7bit", flags, machine)[0] == 7 and int8_weight_bits("8bit", flags, machine)[0] == 8
+    with pytest.raises(PcvError, match="int8 weights"):
+        int8_weight_bits("6bit", flags, machine)
+
+
+def test_int8_weights_are_recorded_and_a_saturating_cpu_is_warned_once(src, tmp_path, monkeypatch, capsys):
+    from pcv.runtime import cpu, session
+
+    _, path = src
+    meta = {}
+    for choice in ("7bit", "8bit"):
+        out = tmp_path / f"m.{choice}.onnx"
+        rep = build_variant("int8", path, out, VariantConfig(int8_weights=choice))
+        assert f"{choice[0]}-bit weights" in rep.format()
+        meta[choice] = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+        assert meta[choice]["pcv.int8_weight_bits"] == choice[0]
+    # 7-bit weights (reduce_range) quantize to 7 bits: no weight past ±64
+    q7 = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "m.7bit.onnx")).graph.initializer
+          if t.data_type == onnx.TensorProto.INT8 and t.dims]
+    q8 = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "m.8bit.onnx")).graph.initializer
+          if t.data_type == onnx.TensorProto.INT8 and t.dims]
+    assert max(np.abs(a.astype(int)).max() for a in q7) <= 64 < max(np.abs(a.astype(int)).max() for a in q8)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": ["avx2", "fma"])
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(session, "_WARNED", set())
+    capsys.readouterr()
+    OnnxClassifier(tmp_path / "m.7bit.onnx")
+    assert "VNNI" not in capsys.readouterr().err  # 7-bit weights cannot saturate
+    for _ in range(2):  # a CPU engine opens a session per thread: said once
+        OnnxClassifier(tmp_path / "m.8bit.onnx")
+    err = capsys.readouterr().err
+    assert err.count("full-range 8-bit int8 weights") == 1 and "--int8-weights 7bit" in err
+    monkeypatch.setattr(cpu, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": ["avx2", "avx512_vnni"])
+    monkeypatch.setattr(session, "_WARNED", set())
+    OnnxClassifier(tmp_path / "m.8bit.onnx")
+    assert "VNNI" not in capsys.readouterr().err
+
+
+def test_cpu_flags_reads_the_flags_line(tmp_path):
+    from pcv.runtime.cpu import cpu_flags
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx2 fma avx512_vnni ht\n")
+    assert cpu_flags(str(info)) == ["avx2", "avx512_vnni", "fma", "sse4_2"]
+    assert cpu_flags(str(tmp_path / "none")) == []
