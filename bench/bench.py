@@ -189,6 +189,11 @@ def _pcv_batch_end_to_end(path: Path, provider: str, texts: list[str], cfg: Benc
     return e2e
 
 
+def _rate(flops: float, seconds: float) -> float | None:
+    """GFLOP/s, None when the model's FLOPs are unknown (NaN: no sizes to count them from)."""
+    return None if flops != flops else flops / seconds / 1e9
+
+
 def grid(clf: OnnxClassifier, cfg: BenchConfig, flops_at) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
@@ -199,7 +204,7 @@ def grid(clf: OnnxClassifier, cfg: BenchConfig, flops_at) -> list[dict]:
             mask = np.ones_like(ids)
             dt, n = _timeit(lambda: clf.logits(ids, mask), cfg.min_seconds)
             rows.append({"batch": b, "seq": s, "seconds_per_batch": dt, "runs": n, "examples_per_s": b / dt,
-                         "bytes_per_s": b * s / dt, "gflop_per_s": b * flops_at(s) / dt / 1e9})
+                         "bytes_per_s": b * s / dt, "gflop_per_s": _rate(b * flops_at(s), dt)})
     return rows
 
 
@@ -287,14 +292,30 @@ def _tokenizer_speed(texts: list[str], max_length: int) -> dict:
     return out
 
 
+def model_architecture(onnx_path: Path, hf_dir: str | None) -> tuple[dict | None, str]:
+    """The sizes FLOPs are counted from: the HF config.json, else the .onnx's pcv.architecture
+    metadata (pcv-export writes it), else none (FLOPs unknown); and where they came from."""
+    if hf_dir:
+        return json.loads((Path(hf_dir) / "config.json").read_text()), f"{hf_dir}/config.json"
+    from pcv.runtime.modelfile import scan_onnx
+
+    arch = scan_onnx(onnx_path).metadata.get("pcv.architecture")
+    if arch:
+        return json.loads(arch), f"{onnx_path} (pcv.architecture)"
+    return None, "unknown: no config.json and no pcv.architecture metadata (export with a newer pcv-export)"
+
+
 def run_bench(cfg: BenchConfig) -> dict:
     fp32 = resolve_model(cfg.model)
     hf_dir = cfg.hf_model or (str(fp32.parent) if (fp32.parent / "config.json").is_file() else None)
     texts, t_read = _read_texts(cfg.data, cfg.limit)
-    model_cfg = json.loads((Path(hf_dir) / "config.json").read_text()) if hf_dir else None
+    model_cfg, flops_from = model_architecture(fp32, hf_dir)
     flops_at = (lambda s: perceiver_flops(model_cfg, s)) if model_cfg else (lambda s: float("nan"))
     result: dict = {"machine": machine(), "config": asdict(cfg), "model": str(fp32), "texts": len(texts),
-                    "read_seconds": t_read, "runs": [], "skipped": []}
+                    "read_seconds": t_read, "runs": [], "skipped": [], "flops_from": flops_from}
+    if cfg.baselines and not hf_dir:
+        result["skipped"].append({"model": str(fp32), "provider": "torch", "reason": "the torch baselines need the HF "
+                                  "model: no config.json beside the .onnx, pass --hf-model DIR"})
     have = available_providers()
     paths = [fp32, *map(Path, cfg.variants)]
     max_length = None
@@ -312,12 +333,13 @@ def run_bench(cfg: BenchConfig) -> dict:
             run = {"model": str(path), "variant": clf.info.variant, "provider": prov, "size_mib": path.stat().st_size / 2**20,
                    "grid": grid(clf, cfg, flops_at), "latency": latency(clf, int(np.median(lengths)), cfg.latency_runs),
                    "end_to_end": _pcv_batch_end_to_end(path, prov, texts, cfg)}
-            run["end_to_end"]["gflop_per_s"] = sum(flops_at(x) for x in lengths) / run["end_to_end"]["seconds"] / 1e9
+            run["end_to_end"]["gflop_per_s"] = _rate(sum(flops_at(x) for x in lengths), run["end_to_end"]["seconds"])
             result["runs"].append(run)
     if cfg.engine and result["runs"]:
         result["engine"] = engine_sweep(fp32, texts, cfg.batch_sizes, result["runs"][0]["provider"], cfg.engine_repeats)
     max_length = max_length or 2048
-    result["flops_per_example_mean"] = float(np.mean([flops_at(int(n)) for n in token_lengths(texts, max_length)]))
+    result["flops_per_example_mean"] = (float(np.mean([flops_at(int(n)) for n in token_lengths(texts, max_length)]))
+                                        if model_cfg else None)
     result["tokenizer"] = _tokenizer_speed(texts, max_length)
     if cfg.baselines and hf_dir:
         try:
@@ -343,7 +365,8 @@ def markdown(result: dict) -> str:
              f"{', '.join(f for f in m.get('cpu_flags', []) if 'vnni' in f or 'bf16' in f) or 'no VNNI/BF16'}), "
              f"GPU: {m.get('gpu')}, onnxruntime {m['onnxruntime']}, "
              f"torch {m.get('torch')}. Texts: {result['texts']} from {result['config']['data']}; "
-             f"mean {result['flops_per_example_mean'] / 1e9:.2f} GFLOP/example.", ""]
+             + (f"mean {result['flops_per_example_mean'] / 1e9:.2f} GFLOP/example (sizes from {result.get('flops_from')})."
+                if result["flops_per_example_mean"] is not None else f"FLOPs {result.get('flops_from')}."), ""]
     base = result.get("baselines", {})
     lines += ["| pipeline | provider | ex/s | × reference | × eager dynamic | × Optimum | GFLOP/s | agreement |", "|---|---|---|---|---|---|---|---|"]
     for key in ("reference", "eager_dynamic", "optimum"):
@@ -359,7 +382,8 @@ def markdown(result: dict) -> str:
         eng = e.get("engine", {})
         how = f"; batch {eng['batch_size']}, {eng['concurrent_runs']} run(s) x {eng['threads'] or 'all'} thread(s)" if eng else ""
         lines.append(f"| pcv-batch {r['variant']} ({Path(r['model']).name}{how}) | {r['provider']} | {e['examples_per_s']:.2f} | "
-                     f"{f('x_vs_reference')} | {f('x_vs_eager_dynamic')} | {f('x_vs_optimum')} | {e['gflop_per_s']:.1f} | {agree} |")
+                     f"{f('x_vs_reference')} | {f('x_vs_eager_dynamic')} | {f('x_vs_optimum')} | "
+                     f"{'—' if e['gflop_per_s'] is None else format(e['gflop_per_s'], '.1f')} | {agree} |")
     for s in result["skipped"]:
         lines.append(f"| {Path(s['model']).name} | {s['provider']} | skipped: {s['reason'][:60]} | | | | | |")
     lines += ["", "| variant | provider | p50 ms (b1) | p90 | p99 | p50 ms (b8) | stages: tokenize / plan / run / post (s) |",

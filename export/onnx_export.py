@@ -93,6 +93,19 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+ARCHITECTURE_KEY = "pcv.architecture"  # the config fields that size the graph (pcv-bench counts FLOPs from them)
+ARCHITECTURE_FIELDS = ("num_latents", "d_latents", "d_model", "num_blocks", "num_self_attends_per_block",
+                       "num_self_attention_heads", "num_cross_attention_heads", "qk_channels", "v_channels",
+                       "cross_attention_shape_for_attention", "cross_attention_widening_factor",
+                       "self_attention_widening_factor", "max_position_embeddings", "vocab_size", "num_labels")
+
+
+def architecture(config) -> dict:
+    """The sizes of a Perceiver config, as plain JSON values."""
+    d = config.to_dict()
+    return {k: d[k] for k in ARCHITECTURE_FIELDS if k in d} | {"num_labels": config.num_labels}
+
+
 def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
     existing = {p.key: p for p in proto.metadata_props}
     for k, v in meta.items():
@@ -152,6 +165,7 @@ def export_onnx(model: torch.nn.Module, out: str | Path, cfg: ExportConfig = Exp
         "pcv.source_sha256": weights_hash(model),
         "pcv.version": pcv_version(),
         "pcv.opset": str(cfg.opset),
+        ARCHITECTURE_KEY: json.dumps(architecture(model.config)),
     })
     # Staged in a folder beside `out` and moved into place only once checked and verified: a failed
     # export leaves no file behind, and an older file at `out` stays until the new one is good.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from pcv.bench.cli import main
 from pcv.bench.flops import perceiver_flops
 
@@ -86,3 +87,35 @@ def test_profile_splits_the_time_by_op_type_and_part(tiny_dir, review_texts):
     assert abs(sum(res["op_types"].values()) - 1) < 1e-6 and abs(sum(res["parts"].values()) - 1) < 1e-6
     assert "cross-attention (byte side)" in res["parts"] and res["ms_per_text"] > 0
     assert "| op type | share |" in markdown([res])
+
+
+def test_bench_counts_flops_of_an_onnx_without_its_hf_dir(tmp_path, tiny_dir, reviews):
+    import shutil
+
+    import onnx
+
+    data = tmp_path / "r.jsonl"
+    data.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in reviews[:6]))
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(tiny_dir / "model.onnx", alone / "model.onnx")  # no config.json beside it
+    cfg = json.loads((tiny_dir / "config.json").read_text())
+    args = ["--quick", "--model", str(alone / "model.onnx"), "--data", str(data), "--providers", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    res = json.loads((tmp_path / "a" / "bench.json").read_text())
+    assert "pcv.architecture" in res["flops_from"]
+    assert res["flops_per_example_mean"] > 0 and res["runs"][0]["end_to_end"]["gflop_per_s"] > 0
+    assert perceiver_flops(cfg, 100) == perceiver_flops(json.loads(
+        {p.key: p.value for p in onnx.load(str(alone / "model.onnx")).metadata_props}["pcv.architecture"]), 100)
+    assert any(s["provider"] == "torch" and "--hf-model" in s["reason"] for s in res["skipped"])
+    # a model without the metadata: FLOPs unknown, said so, and the JSON stays strict (no NaN)
+    proto = onnx.load(str(alone / "model.onnx"))
+    keep = [p for p in proto.metadata_props if p.key != "pcv.architecture"]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    onnx.save(proto, str(alone / "model.onnx"))
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    text = (tmp_path / "b" / "bench.json").read_text()
+    res = json.loads(text, parse_constant=lambda c: pytest.fail(f"bench.json holds {c}"))
+    assert res["flops_per_example_mean"] is None and res["runs"][0]["end_to_end"]["gflop_per_s"] is None
+    assert "FLOPs unknown" in (tmp_path / "b" / "bench.md").read_text()
