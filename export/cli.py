@@ -46,13 +46,17 @@ def export_main(argv: list[str] | None = None) -> int:
                    "OUT.onnx is always the fp32 graph, others are written as OUT.<kind>.onnx")
     p.add_argument("--calibration", help="int8-static: JSONL/CSV/TXT of real review text for calibration")
     p.add_argument("--calibration-size", type=int, default=128, help="int8-static: texts used (default 128)")
-    p.add_argument("--int8-weights", choices=["auto", "8bit", "7bit"], default="auto",
+    from pcv.runtime.cpu import INT8_WEIGHTS
+
+    p.add_argument("--int8-weights", choices=INT8_WEIGHTS, default="auto",
                    help="int8: full-range 8-bit weights, or 7-bit ones that cannot saturate ONNX Runtime's int8 sums "
                         "on x86 CPUs without VNNI (AVX2 only); auto: 8-bit when the exporting CPU has VNNI "
                         "(avx512_vnni, avx_vnni, amx_int8) or is not x86, else 7-bit. Export for the CPU that runs it")
     p.add_argument("--trt-fp16", action="store_true", help="tensorrt: build fp16 engines")
     p.add_argument("--batch-size", type=int, default=64, help="tensorrt: largest batch in the shape profile")
     a = show_defaults(p).parse_args(argv)
+    if a.int8_weights != "auto" and "int8" not in a.variant:
+        p.error(f"--int8-weights {a.int8_weights} is for --variant int8")
     try:
         from pcv.runtime import ReaderConfig, read_records
 

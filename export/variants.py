@@ -157,13 +157,10 @@ def byte_side_matmuls(model: onnx.ModelProto) -> list[str]:
             and any(f"/encoder/cross_attention/attention/self/{p}/" in n.name for p in ("key", "value"))]
 
 
-INT8_WEIGHTS = ("auto", "8bit", "7bit")
-
-
 def int8_weight_bits(choice: str, flags: list[str] | None = None, machine: str | None = None) -> tuple[int, str]:
     """The int8 variant's weight bits for `choice` and why: auto is 8 on a CPU whose int8 sums do not
     saturate (x86 with VNNI, or not x86), 7 on an x86 CPU without VNNI or whose flags are unknown."""
-    from pcv.runtime.cpu import VNNI_FLAGS, cpu_flags, int8_saturates
+    from pcv.runtime.cpu import INT8_WEIGHTS, VNNI_FLAGS, cpu_flags, int8_saturates
 
     if choice not in INT8_WEIGHTS:
         raise PcvError(f"int8 weights {choice!r}: one of {', '.join(INT8_WEIGHTS)}")

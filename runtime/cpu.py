@@ -9,6 +9,8 @@ import platform
 # them ONNX Runtime's x86 int8 GEMM (AVX2 VPMADDUBSW) sums pairs of products in 16 bits, which
 # saturate for full-range 8-bit weights.
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# The int8 variant's weight range: auto (8-bit where the sums do not saturate, see int8_saturates) or fixed.
+INT8_WEIGHTS = ("auto", "8bit", "7bit")
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:

@@ -153,7 +153,7 @@ def plan_engine(model: Path, provider: str, *, batch_size: int | None = None, th
 
 
 INT8_BITS_KEY = "pcv.int8_weight_bits"  # metadata of the int8 variant: 8 (full range) or 7 (reduce_range)
-_WARNED: set[str] = set()  # models already warned about in this process (a CPU engine opens several sessions)
+_WARNED: set[str] = set()  # models already warned about in this process (pcv-bench, pcv-check and Ray actors open several sessions)
 
 
 def warn_int8_range(path: Path, meta: dict[str, str], provider: str) -> str | None:

@@ -235,6 +235,11 @@ def test_fresh_model_defaults_to_dense_targets_and_shifts_and_says_so(tmp_path, 
     assert "learns from: labels; word targets under every latent (--dense-weight 1); texts shifted by 0-7 bytes" in out
     cfg = json.loads((tmp_path / "m" / "metrics.json").read_text())["config"]
     assert (cfg["dense_weight"], cfg["shift_augment"]) == (1.0, 8)  # 128 positions / 16 latents
+    # the run dir records what ran: the defaults given explicitly are the same run, and resume it
+    assert train_main([str(p), "--out", str(tmp_path / "m"), *small, "--dense-weight", "1", "--shift-augment", "8"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert train_main([str(p), "--out", str(tmp_path / "m"), *small, "--shift-augment", "4"]) == 2
+    assert "shift_augment 8 → 4" in capsys.readouterr().err
     assert train_main([str(p), "--out", str(tmp_path / "off"), *small, "--dense-weight", "0", "--shift-augment", "0"]) == 0
     assert "learns from: labels\n" in capsys.readouterr().out
     cfg = json.loads((tmp_path / "off" / "metrics.json").read_text())["config"]
@@ -250,6 +255,22 @@ def test_texts_without_shared_words_train_on_their_labels_and_say_so(tmp_path, c
     out = capsys.readouterr().out
     assert "no word occurs in 3 training texts" in out and "learns from: labels; texts shifted" in out
     assert json.loads((tmp_path / "m" / "metrics.json").read_text())["config"]["dense_weight"] == 0.0
+    # asked for, dense targets without a lexicon are an error, not a quiet fallback
+    assert train_main([str(p), "--out", str(tmp_path / "asked"), *small, "--dense-weight", "2"]) == 2
+    assert "--dense-weight 2: no word occurs in 3 training texts" in capsys.readouterr().err
+
+
+def test_runs_with_and_without_dense_targets_share_a_teacher_cache(tmp_path, reviews, capsys):
+    p = tmp_path / "train.jsonl"
+    p.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in reviews[:60]))
+    cache = tmp_path / "t.npz"
+    small = ["--num-latents", "16", "--d-latents", "32", "--d-model", "64", "--num-layers", "1", "--self-heads", "2",
+             "--cross-heads", "2", "--max-length", "128", "--batch-size", "8", "--epochs", "0.2", "--eval-every", "100",
+             "--teacher", "ngram", "--teacher-cache", str(cache)]
+    assert train_main([str(p), "--out", str(tmp_path / "a"), *small]) == 0  # dense targets on (the default)
+    assert "teacher: loaded from" not in capsys.readouterr().out
+    assert train_main([str(p), "--out", str(tmp_path / "b"), *small, "--dense-weight", "0"]) == 0
+    assert f"teacher: loaded from {cache}" in capsys.readouterr().out
 
 
 def test_dense_weight_below_zero_is_refused(tmp_path, capsys):

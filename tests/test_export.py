@@ -108,3 +108,12 @@ def test_a_failed_export_leaves_no_file_and_keeps_an_older_one(tmp_path, tiny_di
     assert out.read_bytes() == b"an older model" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
     assert export_main([str(tiny_dir), str(tmp_path / "new.onnx"), "--tolerance", "1e-30"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_int8_weights_without_the_int8_variant_is_refused(tmp_path, tiny_dir, capsys):
+    from pcv.export.cli import export_main
+
+    with pytest.raises(SystemExit) as e:
+        export_main([str(tiny_dir), str(tmp_path / "m.onnx"), "--int8-weights", "8bit"])
+    assert e.value.code == 2 and "--int8-weights 8bit is for --variant int8" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()

@@ -229,7 +229,7 @@ def test_int8_weights_are_recorded_and_a_saturating_cpu_is_warned_once(src, tmp_
     capsys.readouterr()
     OnnxClassifier(tmp_path / "m.7bit.onnx")
     assert "VNNI" not in capsys.readouterr().err  # 7-bit weights cannot saturate
-    for _ in range(2):  # a CPU engine opens a session per thread: said once
+    for _ in range(2):  # a process that opens the model twice (pcv-bench, pcv-check): said once
         OnnxClassifier(tmp_path / "m.8bit.onnx")
     err = capsys.readouterr().err
     assert err.count("full-range 8-bit int8 weights") == 1 and "--int8-weights 7bit" in err

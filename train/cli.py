@@ -118,12 +118,12 @@ def train_main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-weight", type=float, default=0.5)
     p.add_argument("--dense-weight", type=float, metavar="W",
                    help="dense distillation: weight of a per-latent word-lexicon loss, for any number of labels "
-                        "(default: 1 for a fresh patch-initialised model, 0 = off with --init-from)")
+                        "(default: 1 for a fresh patch-initialised model, else 0 = off)")
     p.add_argument("--shift-augment", type=int, metavar="W",
                    help="train on each text after 0..W-1 leading spaces (drawn per example and step), so that the "
                         "model reads a text alike wherever its bytes fall in the latents' patches (pcv-batch "
                         "--shifts shows the sensitivity). Default: a fresh patch-initialised model's patch width "
-                        "(8 bytes at the preset sizes), 0 = off with --init-from")
+                        "(8 bytes at the preset sizes), else 0 = off")
     p.add_argument("--splice-augment", type=float, default=0.0, metavar="P",
                    help="replace this share of each batch (0-1) by splices: the start of one pool text and the end "
                         "of another, cut at whitespace, labelled by the n-gram teacher (--teacher ngram or ngram-nb): "

@@ -295,7 +295,6 @@ class DenseTargets:
             raise ConfigError(f"the lexicon's weights have {len(sizes)} different lengths")
         self.channels = sizes.pop() if sizes else 1
         self.n, self.max_length, self.positions = num_latents, max_length, positions
-        self.window = positions / num_latents  # patch_init's: latent i starts on byte i * window
 
     def normalised(self, texts: list[str]) -> DenseTargets:
         """The same targets scaled to unit RMS over the latents of `texts` (a sample of the pool), so
@@ -339,9 +338,10 @@ class DenseTargets:
         weight = np.concatenate([w[1] for w in words]) if b else np.zeros((0, self.channels), np.float32)
         keep = pos < used[rows] - 1  # content bytes sit at 1 .. used - 2; [SEP] takes the last place
         cell = rows[keep] * self.n + (pos[keep] % self.positions) * self.n // self.positions
-        targets = np.zeros((b * self.n, self.channels), np.float32)
-        np.add.at(targets, cell, weight[keep])
-        return targets.reshape(b, self.n, self.channels), mask
+        c = self.channels
+        flat = (cell[:, None] * c + np.arange(c)).ravel()  # one bincount over (cell, channel)
+        targets = np.bincount(flat, weights=weight[keep].ravel(), minlength=b * self.n * c)
+        return targets.reshape(b, self.n, c).astype(np.float32), mask
 
     def __call__(self, texts: list[str], shifts: npt.NDArray[np.int64] | None = None
                  ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
