@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -31,6 +32,10 @@ def test_train_saves_best_model_metrics_and_resumes(tmp_path, labelled, capsys):
     assert train_main([str(labelled), "--out", str(out), "--epochs", "1", *TINY]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 6 and metrics["val_size"] == 5 and metrics["finished"]
+    mode = (out / "model.safetensors").stat().st_mode & 0o777  # readable as the umask allows, not safetensors' 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
     assert 0.0 <= metrics["best_val_accuracy"] <= 1.0 and len(metrics["history"]) >= 2
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
     m = load_classifier(str(out))
@@ -47,7 +52,8 @@ def test_train_saves_best_model_metrics_and_resumes(tmp_path, labelled, capsys):
     # other settings are another run: refused (nothing touched), or with --overwrite trained anew
     other = ["--num-latents", "16", *TINY[2:]]  # 16 latents instead of 8
     assert train_main([str(labelled), "--out", str(out), "--epochs", "2", *other]) == 2
-    assert "holds a run with other settings (size " in capsys.readouterr().err
+    # the default byte shift follows the patch width: 128 positions over 8 latents, then over 16
+    assert "holds a run with other settings (size.num_latents 8 → 16, shift_augment 16 → 8): use another --out" in capsys.readouterr().err
     assert json.loads((out / "metrics.json").read_text())["steps"] == 12
     assert train_main([str(labelled), "--out", str(out), "--epochs", "1", "--overwrite", *other]) == 0
     assert "resumed from" not in capsys.readouterr().out
@@ -317,3 +323,21 @@ def test_a_trained_model_gets_a_fresh_head_for_other_labels(tmp_path, labelled, 
                        "--eval-every", "3"]) == 0  # no --max-length: the model's own positions
     assert "a fresh classification head for 3 labels (the checkpoint's has 2)" in capsys.readouterr().out
     assert load_classifier(str(out)).config.id2label == {0: "a", 1: "b", 2: "c"}
+
+
+def test_settings_diff_names_the_fields_that_differ_and_marks_a_cut():
+    from pcv.train.train import settings_diff
+
+    old = {"size": {"num_latents": 64, "d_model": 64}, "lr": 1e-3, "seed": 0}
+    new = {"size": {"num_latents": 256, "d_model": 64}, "lr": 1e-3, "seed": 1}
+    assert settings_diff(old, new) == "size.num_latents 64 → 256, seed 0 → 1"
+    long = settings_diff({f"k{i}": 0 for i in range(100)}, {f"k{i}": 1 for i in range(100)}, limit=60)
+    assert long.endswith(", …") and len(long) <= 60 and long.startswith("k0 0 → 1, k1 0 → 1")
+
+
+def test_a_time_boxed_run_that_spent_its_budget_is_finished():
+    from pcv.train.loop import LoopState, finished
+
+    state = LoopState()
+    state.step, state.train_seconds = 167, 180.2
+    assert finished(state, 57_000, 3.0) and not finished(state, 57_000, 4.0) and finished(state, 167, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,13 +180,29 @@ def start(model: torch.nn.Module, *, pool_size: int, batch_size: int, epochs: fl
     return Run(opt, ckpt, state, total_steps, steps_per_epoch, lr_at, steps, max_minutes)
 
 
+def save_model(model, out: Path) -> None:
+    """save_pretrained, with the files readable as the umask allows (safetensors writes its file
+    0600, so a model dir copied to a server that runs as another user could not be read)."""
+    model.save_pretrained(out, safe_serialization=True)
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("model.safetensors", "config.json"):
+        if (out / name).is_file():
+            os.chmod(out / name, 0o666 & ~mask)
+
+
+def finished(state: LoopState, total_steps: int, max_minutes: float | None) -> bool:
+    """A run is done when its steps are, or when its time budget is spent."""
+    return state.step >= total_steps or bool(max_minutes and state.train_seconds >= max_minutes * 60)
+
+
 def record_eval(state: LoopState, entry: dict, acc: float, model, out: Path) -> None:
     """Log one evaluation into the run's history; the best model so far is saved to `out`."""
     state.history.append(entry)
     tqdm.write(json.dumps(entry))
     if acc > state.best_acc:
         state.best_acc = acc
-        model.save_pretrained(out, safe_serialization=True)
+        save_model(model, Path(out))
 
 
 def run_steps(run: Run, *, model: torch.nn.Module, loss_of: Callable[[np.ndarray, int], torch.Tensor],

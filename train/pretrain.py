@@ -28,7 +28,7 @@ from pcv.runtime.tokenizer import MASK, token_lengths
 from transformers import PerceiverForMaskedLM
 
 from .fastattn import use_fused_attention
-from .loop import bf16_autocast, record_eval, run_steps, say_precision, start
+from .loop import bf16_autocast, finished, record_eval, run_steps, say_precision, start
 from .surgery import _sinusoids, patch_init, set_attention_dropout
 
 IGNORE = -100  # label of positions the loss skips
@@ -237,7 +237,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         "examples_seen": state.step * cfg.batch_size, "train_seconds": round(state.train_seconds, 1),
         "texts": len(pool), "val_texts": len(val), "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "history": state.history, "config": asdict(cfg), "finished": state.step >= run.total_steps,
+        "history": state.history, "config": asdict(cfg), "finished": finished(state, run.total_steps, cfg.max_minutes),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -28,7 +28,7 @@ from pcv.export import load_classifier
 from pcv.runtime.errors import ModelError
 from pcv.runtime.modelfile import file_sha256
 
-from .loop import average_weights
+from .loop import average_weights, save_model
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,7 +129,7 @@ def make_soup(cfg: SoupConfig, *, log: Callable[[str], None] = print) -> dict:
     model.load_state_dict(weights)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    save_model(model, out)
     _verify_written(out / "model.safetensors", weights)
     record = {
         "method": "uniform" if cfg.data is None else "greedy",

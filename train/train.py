@@ -27,7 +27,7 @@ from pcv.runtime.tokenizer import text_as_read, token_lengths
 from transformers import PerceiverForSequenceClassification
 
 from .fastattn import use_fused_attention
-from .loop import LoopState, average_weights, bf16_autocast, record_eval, run_steps, say_precision, start
+from .loop import LoopState, average_weights, bf16_autocast, finished, record_eval, run_steps, save_model, say_precision, start
 from .surgery import add_layers, extend_positions, patch_init, position_period, set_attention_dropout
 
 
@@ -226,7 +226,7 @@ def average_last(model, ckpt, state: LoopState, cfg: TrainConfig, score: Callabl
     print(f"mean weights of the checkpoints at steps {steps}: validation accuracy {acc:.4f} "
           f"({'saved' if better else 'not saved'}: best single step {state.best_acc:.4f})", flush=True)
     if better:
-        model.save_pretrained(out, safe_serialization=True)
+        save_model(model, out)
     model.load_state_dict(last)  # a resumed run goes on from the last step, not from the mean
     if better:
         state.best_acc = acc
@@ -517,6 +517,21 @@ def make_splicer(cfg: TrainConfig, tg: Targets, dense: DenseMemo | None, device:
                    workers=cfg.splice_workers or (max(1, min(4, _cores() // 4)) if device.type == "cuda" else 1))
 
 
+def settings_diff(old: dict, new: dict, limit: int = 400) -> str:
+    """What differs, one `name old → new` each; a dict setting (the size) by its fields that differ."""
+    parts = []
+    for k, v in new.items():
+        was = old.get(k)
+        if was == v:
+            continue
+        if isinstance(was, dict) and isinstance(v, dict):
+            parts += [f"{k}.{f} {was.get(f)!r} → {v.get(f)!r}" for f in dict.fromkeys([*was, *v]) if was.get(f) != v.get(f)]
+        else:
+            parts.append(f"{k} {was!r} → {v!r}")
+    text = ", ".join(parts)
+    return text if len(text) <= limit else text[: limit - 2].rsplit(", ", 1)[0] + ", …"
+
+
 def guard_out(cfg: TrainConfig, out: Path) -> dict:
     """The run dir remembers its settings (run.json): the same command resumes, a longer budget goes on
     from the checkpoint, other settings are refused unless cfg.overwrite, which clears the old run's
@@ -533,8 +548,7 @@ def guard_out(cfg: TrainConfig, out: Path) -> dict:
     old_budget = {k: old.pop(k, None) for k in RERUN_BUDGET} if isinstance(old, dict) else {}
     if held and old != settings:
         if not cfg.overwrite:
-            diff = ("unknown (no readable run.json)" if not isinstance(old, dict) else
-                    ", ".join(f"{k} {old.get(k)!r} → {v!r}" for k, v in settings.items() if old.get(k) != v)[:400])
+            diff = "unknown (no readable run.json)" if not isinstance(old, dict) else settings_diff(old, settings)
             raise InputError(f"{out} holds a run with other settings ({diff}): use another --out, or --overwrite "
                              f"to replace it")
         shutil.rmtree(out / "checkpoint", ignore_errors=True)
@@ -583,7 +597,7 @@ def say_plan(cfg: TrainConfig, model, run, pool: int) -> None:
     if cfg.max_minutes:
         warmup = (f"warm-up {warm:,} steps" if cfg.warmup_steps is not None else
                   f"warm-up over the first {cfg.warmup_fraction:.0%} of the time")
-        plan = (f"time-boxed to {cfg.max_minutes:g} min (at most {run.total_steps:,} steps of {cfg.batch_size}); "
+        plan = (f"time-boxed to {cfg.max_minutes:g} min (as many steps of {cfg.batch_size} as the time allows); "
                 f"lr {cfg.lr:g}, {warmup}, then cosine to 10 % following the clock")
     else:
         plan = (f"{run.total_steps:,} steps ({cfg.epochs:g} epochs of {run.steps_per_epoch:,} batches of "
@@ -685,7 +699,7 @@ def write_metrics(cfg: TrainConfig, model, data: Data, tg: Targets, run, device:
         "history": state.history,
         # the size trained, which with init_from is the loaded model's, not cfg.size
         "config": asdict(cfg) | {"size": asdict(model_size(model.config))},
-        "finished": state.step >= run.total_steps,
+        "finished": finished(state, run.total_steps, cfg.max_minutes),
     }
     if averaged:
         metrics["averaged"] = averaged
