@@ -42,7 +42,8 @@ def test_train_saves_best_model_metrics_and_resumes(tmp_path, labelled, capsys):
     assert m.config.id2label == {0: "neg", 1: "pos"} and m.config.label2id == {"neg": 0, "pos": 1}
     # the same command resumes from the checkpoint (here: nothing left to do)
     assert train_main([str(labelled), "--out", str(out), "--epochs", "1", *TINY]) == 0
-    assert "resumed from" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "resumed from" in said and "plan: the run is complete (6 steps" in said
     assert json.loads((out / "metrics.json").read_text())["steps"] == 6
     # a longer budget goes on from the checkpoint, and says so
     assert train_main([str(labelled), "--out", str(out), "--epochs", "2", *TINY]) == 0

@@ -602,6 +602,9 @@ def say_plan(cfg: TrainConfig, model, run, pool: int) -> None:
     else:
         plan = (f"{run.total_steps:,} steps ({cfg.epochs:g} epochs of {run.steps_per_epoch:,} batches of "
                 f"{cfg.batch_size} from {pool:,} texts); lr {cfg.lr:g}, warm-up {warm:,} steps, then cosine to 10 %")
+    if finished(run.state, run.total_steps, cfg.max_minutes):  # a rerun of a complete run: scored, not trained
+        plan = (f"the run is complete ({run.state.step:,} steps, {run.state.train_seconds / 60:.1f} min of training): "
+                f"nothing left to train; a longer --epochs or --max-minutes goes on from its checkpoint")
     print(f"plan: {plan}", flush=True)
     signals = ["labels" if cfg.teacher == "none" else f"labels and the {cfg.teacher} teacher"]
     if cfg.dense_weight:
