@@ -145,7 +145,7 @@ def _options(args: argparse.Namespace, out_format: str) -> dict[str, Any]:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     from .cli import TEXT_FIELD_PROBE
     from .formats import output_format
-    from .modelfile import file_sha256
+    from .modelfile import file_sha256, scan_onnx
     from .outputs import OutputLock, check_distinct
     from .session import resolve_model
 
@@ -157,8 +157,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from .api import TextClassifier
 
     model_path = resolve_model(args.model)
-    from .modelfile import scan_onnx
-
     if scan_onnx(model_path).refs:  # only the .onnx file's bytes travel to the workers
         raise ConfigError(f"--model {model_path}: its weights are in external data files; --engine ray ships one "
                           f".onnx file to its workers: save the model with its weights inside")

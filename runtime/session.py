@@ -156,20 +156,17 @@ INT8_BITS_KEY = "pcv.int8_weight_bits"  # metadata of the int8 variant: 8 (full 
 _WARNED: set[str] = set()  # models already warned about in this process (pcv-bench, pcv-check and Ray actors open several sessions)
 
 
-def warn_int8_range(path: Path, meta: dict[str, str], provider: str) -> str | None:
-    """The warning for an int8 model with full-range weights on a CPU whose int8 sums saturate, once
-    per model and process (printed to stderr); None when there is nothing to say."""
+def warn_int8_range(path: Path, meta: dict[str, str], provider: str) -> None:
+    """Warn (stderr, once per model and process) about an int8 model with full-range weights on a
+    CPU whose int8 sums saturate."""
     from .cpu import int8_saturates
 
-    if provider != "cpu" or meta.get(INT8_BITS_KEY) != "8" or not int8_saturates():
-        return None
-    msg = (f"pcv: {path} has full-range 8-bit int8 weights, made for CPUs with VNNI; this CPU has none, and ONNX "
+    if provider != "cpu" or meta.get(INT8_BITS_KEY) != "8" or str(path) in _WARNED or not int8_saturates():
+        return
+    _WARNED.add(str(path))
+    print(f"pcv: {path} has full-range 8-bit int8 weights, made for CPUs with VNNI; this CPU has none, and ONNX "
            f"Runtime's int8 sums can saturate here (logits move more than with 7-bit weights): for this CPU, export "
-           f"with pcv-export --variant int8 --int8-weights 7bit")
-    if str(path) not in _WARNED:
-        _WARNED.add(str(path))
-        print(msg, file=sys.stderr)
-    return msg
+           f"with pcv-export --variant int8 --int8-weights 7bit", file=sys.stderr)
 
 
 class OnnxClassifier:

@@ -191,9 +191,14 @@ def save_model(model, out: Path) -> None:
             os.chmod(out / name, 0o666 & ~mask)
 
 
+def budget_spent(state: LoopState, max_minutes: float | None) -> bool:
+    """The time budget is used up: the step loop takes no further step."""
+    return bool(max_minutes and state.train_seconds > max_minutes * 60)
+
+
 def finished(state: LoopState, total_steps: int, max_minutes: float | None) -> bool:
     """A run is done when its steps are, or when its time budget is spent."""
-    return state.step >= total_steps or bool(max_minutes and state.train_seconds >= max_minutes * 60)
+    return state.step >= total_steps or budget_spent(state, max_minutes)
 
 
 def record_eval(state: LoopState, entry: dict, acc: float, model, out: Path) -> None:
@@ -228,7 +233,7 @@ def run_steps(run: Run, *, model: torch.nn.Module, loss_of: Callable[[np.ndarray
         if lengths is not None:
             order = group_by_length(order, lengths, batch_size, rng)
         for b in range(state.step % run.steps_per_epoch, run.steps_per_epoch):
-            if max_minutes and state.train_seconds > max_minutes * 60:  # before the step: a spent run takes none
+            if budget_spent(state, max_minutes):  # before the step: a spent run takes none
                 tqdm.write(f"time budget of {max_minutes} min reached at step {state.step}")
                 stop = True
                 break
