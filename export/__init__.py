@@ -12,7 +12,8 @@ from typing import Any
 
 _API = {
     "ModelSize": "sizes", "SIZE_PRESETS": "sizes", "size_problem": "sizes", "sized": "sizes",
-    "build_config": "modeling", "load_classifier": "modeling", "model_size": "modeling",
+    "build_config": "modeling", "build_classifier": "modeling",
+    "has_ngrams": "ngrams", "with_ngram_head": "ngrams", "load_classifier": "modeling", "model_size": "modeling",
     "IMDB_LABELS": "modeling", "ExportConfig": "onnx_export", "export_onnx": "onnx_export",
     "VARIANTS": "variants", "VariantConfig": "variants", "build_variant": "variants",
     "TOLERANCES": "check", "labelled_texts": "check", "torch_logits": "check", "onnx_logits": "check",

@@ -15,6 +15,7 @@ import torch
 from pcv.runtime.errors import ModelError
 from transformers import PerceiverConfig, PerceiverForSequenceClassification
 
+from .ngrams import CONFIG_KEY, PerceiverWithNgrams, check_settings, default_settings
 from .sizes import ModelSize
 
 IMDB_LABELS = {0: "neg", 1: "pos"}
@@ -58,6 +59,8 @@ def check_config(path: Path) -> dict:
             continue  # transformers' default
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
             raise ModelError(f"{path}: field {name!r} = {value!r} is not an integer in 1..{limit}")
+    if CONFIG_KEY in cfg and cfg[CONFIG_KEY] is not None:
+        check_settings(cfg[CONFIG_KEY], str(path))
     if (n := estimate_params(cfg)) > MAX_PARAMS:
         raise ModelError(f"{path}: this config describes ~{n / 1e9:.0f}B parameters (limit {MAX_PARAMS / 1e9:.0f}B); refusing to build it")
     return cfg
@@ -73,9 +76,12 @@ _CONFIG_KEYS = {
 }
 
 
-def build_config(size: ModelSize, id2label: dict[int, str] | None = None) -> PerceiverConfig:
+def build_config(size: ModelSize, id2label: dict[int, str] | None = None, *, ngrams: bool = False) -> PerceiverConfig:
+    """The config of a fresh classifier; `ngrams` adds the byte n-gram head (ngrams.py) at its default settings."""
     id2label = id2label or IMDB_LABELS
+    extra = {CONFIG_KEY: default_settings()} if ngrams else {}
     return PerceiverConfig(
+        **extra,
         **{key: getattr(size, f) for f, key in _CONFIG_KEYS.items()},
         num_blocks=1,
         vocab_size=262,
@@ -94,9 +100,20 @@ def _is_local(model: str) -> bool:
     return Path(model).exists() or model.startswith((".", "/", "~")) or os.sep in model and Path(model).parent.exists()
 
 
+def classifier_class(config: dict | PerceiverConfig) -> type[PerceiverForSequenceClassification]:
+    """PerceiverWithNgrams for a config with a byte n-gram head, else transformers' own class."""
+    value = config.get(CONFIG_KEY) if isinstance(config, dict) else getattr(config, CONFIG_KEY, None)
+    return PerceiverWithNgrams if value is not None else PerceiverForSequenceClassification
+
+
+def build_classifier(config: PerceiverConfig) -> PerceiverForSequenceClassification:
+    return classifier_class(config)(config)
+
+
 def load_classifier(model: str, *, allow_pickle: bool = False, labels: dict[int, str] | None = None
                     ) -> PerceiverForSequenceClassification:
-    """Load a classifier from a local HF dir or a hub id (safetensors only unless allow_pickle).
+    """Load a classifier from a local HF dir or a hub id (safetensors only unless allow_pickle); a
+    config with a byte n-gram head (ngrams.py) loads as PerceiverWithNgrams.
 
     >>> m = load_classifier("models/imdb-perceiver")  # doctest: +SKIP
     """
@@ -104,7 +121,7 @@ def load_classifier(model: str, *, allow_pickle: bool = False, labels: dict[int,
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"{path}: no config.json; a model dir needs config.json and model.safetensors")
-        check_config(path / "config.json")
+        cls = classifier_class(check_config(path / "config.json"))
         has_st = any(path.glob("*.safetensors"))
         has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
         if not has_st and has_pickle and not allow_pickle:
@@ -115,8 +132,7 @@ def load_classifier(model: str, *, allow_pickle: bool = False, labels: dict[int,
         if not has_st and not has_pickle:
             raise ModelError(f"{path}: no model.safetensors in the model dir")
         try:
-            m = PerceiverForSequenceClassification.from_pretrained(path, use_safetensors=has_st or not allow_pickle,
-                                                                   **_head(labels))
+            m = cls.from_pretrained(path, use_safetensors=has_st or not allow_pickle, **_head(labels))
         except (OSError, ValueError, RuntimeError) as e:
             raise ModelError(f"{path}: cannot load the model: {e}") from e
         return m.eval()

@@ -58,7 +58,10 @@ class _Logits(torch.nn.Module):
         bias = (1.0 - attention_mask[:, None, None, :].to(latents.dtype)) * torch.finfo(latents.dtype).min
         z = p.encoder(latents, inputs=inputs, inputs_mask=bias)[0]
         query = p.decoder.decoder_query(inputs, modality_sizes, inputs_without_pos)
-        return p.decoder(query, z=z).logits  # (B, C)
+        logits = p.decoder(query, z=z).logits  # (B, C)
+        if hasattr(self.model, "ngram"):  # the byte n-gram head (ngrams.py) reads the same inputs
+            logits = logits + self.model.ngram(input_ids, attention_mask)
+        return logits
 
 
 @dataclass(frozen=True, kw_only=True)

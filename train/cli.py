@@ -116,6 +116,10 @@ def train_main(argv: list[str] | None = None) -> int:
                    help="keep the teacher's outputs here and reuse them while the data and settings match "
                         "(fitting it takes a minute or more on IMDB; a resume or another run skips that)")
     p.add_argument("--distill-weight", type=float, default=0.5)
+    p.add_argument("--ngram-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="add a byte n-gram head: a linear model over hashed byte 1-5-grams whose logits add to the "
+                        "Perceiver's, in the same ONNX graph (it learns a task's words in seconds; a model with it "
+                        "needs pcv to load). Default: on for a fresh model; with --init-from, what the checkpoint has")
     p.add_argument("--dense-weight", type=float, metavar="W",
                    help="dense distillation: weight of a per-latent word-lexicon loss, for any number of labels "
                         "(default: 1 for a fresh patch-initialised model, else 0 = off)")
@@ -177,7 +181,7 @@ def train_main(argv: list[str] | None = None) -> int:
         labels=tuple(x.strip() for x in a.labels.split(",")) if a.labels else (), test=tuple(a.test), overwrite=a.overwrite,
         warmup_fraction=a.warmup_fraction,
         unlabelled=tuple(a.unlabelled), teacher=a.teacher, teacher_cache=a.teacher_cache, distill_weight=a.distill_weight,
-        dense_weight=a.dense_weight, shift_augment=a.shift_augment, splice_augment=a.splice_augment,
+        ngram_head=a.ngram_head, dense_weight=a.dense_weight, shift_augment=a.shift_augment, splice_augment=a.splice_augment,
         val_fraction=a.val_fraction, val_limit=a.val_limit, split_seed=a.split_seed, average_last=a.average_last, **_run_args(a),
     )
     try:

@@ -160,14 +160,30 @@ class Run:
     max_minutes: float | None = None
 
 
+def param_groups(model: torch.nn.Module, lr_scales: dict[str, float] | None) -> list[dict]:
+    """One optimizer group, or one per name prefix in lr_scales (its parameters at that multiple of the
+    learning rate) and one for the rest; the groups are the same on every run, so a checkpoint resumes."""
+    if not lr_scales:
+        return [{"params": list(model.parameters())}]
+    named = list(model.named_parameters())
+    groups = []
+    for prefix, scale in lr_scales.items():
+        params = [p for n, p in named if n.startswith(prefix)]
+        if params:
+            groups.append({"params": params, "lr_scale": scale})
+    rest = [p for n, p in named if not any(n.startswith(prefix) for prefix in lr_scales)]
+    return [{"params": rest}, *groups]
+
+
 def start(model: torch.nn.Module, *, pool_size: int, batch_size: int, epochs: float, lr: float, weight_decay: float,
           warmup: int | None, max_minutes: float | None, ckpt_dir: Path, device: torch.device, keep: int = 0,
-          kept: torch.nn.Module | None = None, warmup_fraction: float = 0.05) -> Run:
+          kept: torch.nn.Module | None = None, warmup_fraction: float = 0.05,
+          lr_scales: dict[str, float] | None = None) -> Run:
     """AdamW, the step budget, the checkpoint (resumed if there is one) and the learning-rate schedule.
     `warmup` None: warmup_fraction of the planned steps, or of the time budget when there is one."""
     steps_per_epoch = math.ceil(pool_size / batch_size)
     total_steps = max(1, int(epochs * steps_per_epoch))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, lr_scales), lr=lr, weight_decay=weight_decay)
     ckpt = Checkpoint(ckpt_dir, model, opt, keep=keep, kept=kept)
     state = ckpt.load(device) or LoopState()
     by_clock = warmup is None and bool(max_minutes)
@@ -239,7 +255,7 @@ def run_steps(run: Run, *, model: torch.nn.Module, loss_of: Callable[[np.ndarray
                 break
             loss = loss_of(order[b * batch_size : (b + 1) * batch_size], state.step)
             for group in opt.param_groups:
-                group["lr"] = run.lr_at(state.step, state.train_seconds)
+                group["lr"] = run.lr_at(state.step, state.train_seconds) * group.get("lr_scale", 1.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

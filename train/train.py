@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pcv.export import ModelSize, build_config, load_classifier, model_size
+from pcv.export import ModelSize, build_classifier, build_config, has_ngrams, load_classifier, model_size, with_ngram_head
 from pcv.runtime import PerceiverByteTokenizer, ReaderConfig, read_records
 from pcv.runtime.errors import InputError
 from pcv.runtime.metrics import confusion, format_report, report
@@ -46,6 +46,8 @@ class TrainConfig:
     teacher: str = "none"  # "ngram" / "ngram-nb": distil from a TF-IDF + logistic regression teacher (teacher.KINDS)
     teacher_cache: str | None = None  # .npz of the teacher's outputs, reused while the data and settings match
     distill_weight: float = 0.5  # labelled targets = w * teacher + (1 - w) * one-hot
+    ngram_head: bool | None = None  # the byte n-gram head (pcv.export.ngrams) added to the logits; None: on for a
+    # fresh model, what the checkpoint has with init_from
     dense_weight: float | None = None  # > 0: dense distillation, a word-lexicon target under every latent
     # (teacher.DenseTargets); None: FRESH_DENSE_WEIGHT for a fresh patch-initialised model, else 0
     fused_attention: bool = True  # train through torch's scaled_dot_product_attention (fastattn)
@@ -98,6 +100,10 @@ FRESH_ATTENTION_DROPOUT = 0.0
 # 54.0 % test accuracy with both against 36.6 % without, on IMDB 60.0 % against 50.8 % (validation),
 # on examples/make_tickets.py 99.25 % (pcv-train --size tiny --max-minutes 3).
 FRESH_DENSE_WEIGHT = 1.0
+# The byte n-gram head learns a task's words in seconds where the Perceiver needs many epochs: it
+# trains at this multiple of the learning rate (a linear model over ~262k sparse features wants a
+# larger step than the network).
+NGRAM_LR_SCALE = 10.0
 # Settings a rerun into the same out may change without being another run: where it runs, what it is
 # scored on at the end, and its budget (a longer one goes on from the checkpoint; pcv-train says so).
 RERUN_MAY_CHANGE = ("device", "overwrite", "test")
@@ -191,20 +197,27 @@ def _device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model, texts: list[str], *, max_length: int, device, bf16: bool, batch_size: int = 64) -> np.ndarray:
-    """(N,) predicted label ids, in the order of `texts`."""
+def predict(model, texts: list[str], *, max_length: int, device, bf16: bool, batch_size: int = 64,
+            parts: bool = False) -> np.ndarray:
+    """(N,) predicted label ids, in the order of `texts`; with `parts` (a model with the byte n-gram
+    head), (3, N): the Perceiver's alone, the head's alone, and the model's."""
     model.eval()
     tok = PerceiverByteTokenizer()
     order = np.argsort([len(t) for t in texts])  # length-sorted: little padding
-    pred = np.zeros(len(texts), dtype=np.int64)
+    pred = np.zeros((3 if parts else 1, len(texts)), dtype=np.int64)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         enc = tok([texts[i] for i in idx], max_length=max_length, truncation=True, padding="longest")
+        x, m = torch.from_numpy(enc.input_ids).to(device), torch.from_numpy(enc.attention_mask).to(device)
         with bf16_autocast(device, bf16):
-            logits = model(inputs=torch.from_numpy(enc.input_ids).to(device), attention_mask=torch.from_numpy(enc.attention_mask).to(device)).logits
-        pred[idx] = logits.argmax(-1).cpu().numpy()
+            if parts:
+                net, head = (t.float() for t in model.parts(x, m))
+                logits = torch.stack([net, head, net + head])
+            else:
+                logits = model(inputs=x, attention_mask=m).logits[None]
+        pred[:, idx] = logits.argmax(-1).cpu().numpy()
     model.train()
-    return pred
+    return pred if parts else pred[0]
 
 
 def evaluate(model, texts: list[str], labels: np.ndarray, *, max_length: int, device, bf16: bool, batch_size: int = 64) -> float:
@@ -339,7 +352,7 @@ def build_model(cfg: TrainConfig, data: Data) -> PerceiverForSequenceClassificat
     if not cfg.init_from:
         if cfg.grow_layers:
             raise InputError("--grow-layers deepens a trained model: give --init-from too")
-        model = PerceiverForSequenceClassification(build_config(cfg.size, data.id2label))
+        model = build_classifier(build_config(cfg.size, data.id2label, ngrams=bool(cfg.ngram_head)))
         if cfg.init == "patch":
             patch_init(model)
         elif cfg.init != "default":
@@ -361,6 +374,10 @@ def build_model(cfg: TrainConfig, data: Data) -> PerceiverForSequenceClassificat
         add_layers(model, cfg.grow_layers)
         print(f"{cfg.init_from}: {old} self-attention layers grown to {cfg.grow_layers} (new layers start as the "
               "identity: same logits)", flush=True)
+    if cfg.ngram_head is not None and cfg.ngram_head != has_ngrams(model.config):
+        model = with_ngram_head(model, cfg.ngram_head)
+        print(f"{cfg.init_from}: " + ("a fresh byte n-gram head added (it starts at zero: same logits)" if cfg.ngram_head
+                                      else "its byte n-gram head dropped (--no-ngram-head)"), flush=True)
     return model
 
 
@@ -496,9 +513,15 @@ class BatchLoss:
         x = torch.from_numpy(enc.input_ids).to(device, non_blocking=True)  # (B, T)
         m = torch.from_numpy(enc.attention_mask).to(device, non_blocking=True)
         yt = torch.from_numpy(y).to(device, non_blocking=True)
+        head = getattr(self.model, "ngram", None)
         with bf16_autocast(device, cfg.bf16):
-            out = self.model(inputs=x, attention_mask=m, output_hidden_states=dense is not None)
-        loss = -(yt * torch.log_softmax(out.logits.float(), -1)).sum(-1).mean()
+            # the Perceiver's forward (without the n-gram head's logits, added below in fp32)
+            out = PerceiverForSequenceClassification.forward(self.model, inputs=x, attention_mask=m,
+                                                             output_hidden_states=dense is not None)
+        logits = out.logits.float()
+        if head is not None:  # one loss on the sum: the head learns the words, the Perceiver what they miss
+            logits = logits + head(x, m)
+        loss = -(yt * torch.log_softmax(logits, -1)).sum(-1).mean()
         if dense is not None:
             t, tm = (torch.from_numpy(a).to(device) for a in dense.dense.from_words(words, shifts))
             pred = self.trained["dense_head"](out.hidden_states[-1].float())  # (B, num_latents, channels)
@@ -586,13 +609,19 @@ def resolve_signals(cfg: TrainConfig) -> TrainConfig:
     if shift is None:  # a fresh model's positions are its size's max_length
         width = max(1, round(cfg.size.max_length / cfg.size.num_latents))  # patch_init's patch width
         shift = min(width, (cfg.max_length or cfg.size.max_length) // 4) if patches else 0
-    return replace(cfg, dense_weight=dense, shift_augment=shift)
+    ngram = cfg.ngram_head if cfg.ngram_head is not None or cfg.init_from else True
+    return replace(cfg, dense_weight=dense, shift_augment=shift, ngram_head=ngram)
 
 
 def say_plan(cfg: TrainConfig, model, run, pool: int) -> None:
-    n = sum(p.numel() for p in model.parameters())
+    head = getattr(model, "ngram", None)
+    n_head = head.weight.numel() if head is not None else 0
+    n = sum(p.numel() for p in model.parameters()) - n_head
     start = f"from {cfg.init_from}" if cfg.init_from else f"fresh, {cfg.init} initialisation"
-    print(f"model: {n:,} parameters ({start}), {model.config.num_labels} labels, {cfg.max_length} tokens", flush=True)
+    with_head = (f" + a byte n-gram head ({n_head:,} weights: orders {','.join(map(str, head.orders))} hashed into "
+                 f"{head.buckets:,} buckets, trained at {NGRAM_LR_SCALE:g}x the learning rate)") if head is not None else ""
+    print(f"model: {n:,} parameters{with_head} ({start}), {model.config.num_labels} labels, {cfg.max_length} tokens",
+          flush=True)
     warm = run.warmup_steps
     if cfg.max_minutes:
         warmup = (f"warm-up {warm:,} steps" if cfg.warmup_steps is not None else
@@ -641,7 +670,7 @@ def train(cfg: TrainConfig) -> dict:
     run = start(trained, pool_size=len(tg.pool), batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr,
                 weight_decay=cfg.weight_decay, warmup=cfg.warmup_steps, warmup_fraction=cfg.warmup_fraction,
                 max_minutes=cfg.max_minutes, ckpt_dir=out / "checkpoint", device=device, keep=cfg.average_last,
-                kept=model)
+                kept=model, lr_scales={("model." if trained is not model else "") + "ngram.": NGRAM_LR_SCALE})
     say_plan(cfg, model, run, len(tg.pool))
     record_run(out, settings)  # the data, model and teacher are good: from here on out holds this run
 
@@ -674,10 +703,15 @@ def final_reports(cfg: TrainConfig, data: Data, out: Path, device: torch.device)
         texts, labels, _ = read_labelled((path,), names=names, text_field=cfg.text_field, label_field=cfg.label_field)
         sets[f"test {path}"] = (texts, labels)
     reports = {}
+    parts = has_ngrams(best.config)
     for name, (texts, labels) in sets.items():
-        pred = predict(best, texts, max_length=cfg.max_length, device=device, bf16=cfg.bf16)
-        rep = report(confusion(labels, pred, data.num_labels), names)
+        pred = predict(best, texts, max_length=cfg.max_length, device=device, bf16=cfg.bf16, parts=parts)
+        rep = report(confusion(labels, pred[-1] if parts else pred, data.num_labels), names)
         print(f"{name} ({len(texts):,} texts), the saved model:\n{format_report(rep)}", flush=True)
+        if parts:  # what each part knows alone: the sum is what the model answers
+            rep["parts"] = {"perceiver": float((pred[0] == labels).mean()), "ngram_head": float((pred[1] == labels).mean())}
+            print(f"  accuracy of its parts alone: the Perceiver {rep['parts']['perceiver']:.4f}, the byte n-gram head "
+                  f"{rep['parts']['ngram_head']:.4f}; together {rep['accuracy']:.4f}", flush=True)
         reports[name] = rep
     return reports
 
