@@ -29,6 +29,7 @@ _SIZE_FIELDS = {  # field -> largest value any real Perceiver uses, times a gene
     "qk_channels": 1 << 16, "v_channels": 1 << 16,
 }
 MAX_PARAMS = 4_000_000_000  # 20x the 206M language-perceiver
+MAX_HEAD_WEIGHTS = 1 << 28  # the byte n-gram head's table: 16x what pcv-train makes at most (ngrams.MAX_WEIGHTS)
 
 
 def estimate_params(cfg: dict) -> int:
@@ -60,7 +61,11 @@ def check_config(path: Path) -> dict:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
             raise ModelError(f"{path}: field {name!r} = {value!r} is not an integer in 1..{limit}")
     if CONFIG_KEY in cfg and cfg[CONFIG_KEY] is not None:
-        check_settings(cfg[CONFIG_KEY], str(path))
+        head = check_settings(cfg[CONFIG_KEY], str(path))
+        labels = len(cfg.get("id2label") or {}) or int(cfg.get("num_labels") or 2)
+        if head["buckets"] * labels > MAX_HEAD_WEIGHTS:
+            raise ModelError(f"{path}: {CONFIG_KEY} describes {head['buckets']:,} buckets x {labels:,} labels, over "
+                             f"{MAX_HEAD_WEIGHTS:,} weights; refusing to build it")
     if (n := estimate_params(cfg)) > MAX_PARAMS:
         raise ModelError(f"{path}: this config describes ~{n / 1e9:.0f}B parameters (limit {MAX_PARAMS / 1e9:.0f}B); refusing to build it")
     return cfg
@@ -79,7 +84,7 @@ _CONFIG_KEYS = {
 def build_config(size: ModelSize, id2label: dict[int, str] | None = None, *, ngrams: bool = False) -> PerceiverConfig:
     """The config of a fresh classifier; `ngrams` adds the byte n-gram head (ngrams.py) at its default settings."""
     id2label = id2label or IMDB_LABELS
-    extra = {CONFIG_KEY: default_settings()} if ngrams else {}
+    extra = {CONFIG_KEY: default_settings(len(id2label))} if ngrams else {}
     return PerceiverConfig(
         **extra,
         **{key: getattr(size, f) for f, key in _CONFIG_KEYS.items()},
@@ -139,8 +144,10 @@ def load_classifier(model: str, *, allow_pickle: bool = False, labels: dict[int,
     if path.suffix in (".onnx", ".safetensors", ".bin") or _is_local(model):
         raise ModelError(f"{model}: no such model dir (give an HF model dir or a hub id)")
     try:
-        m = PerceiverForSequenceClassification.from_pretrained(model, use_safetensors=not allow_pickle or None,
-                                                               **_head(labels))
+        config = PerceiverConfig.from_pretrained(model)  # a hub model with a byte n-gram head loads with it
+        if (value := getattr(config, CONFIG_KEY, None)) is not None:
+            check_settings(value, f"{model}: config.json")
+        m = classifier_class(config).from_pretrained(model, use_safetensors=not allow_pickle or None, **_head(labels))
     except OSError as e:
         raise ModelError(
             f"{model}: cannot load it from the Hugging Face Hub ({str(e).splitlines()[0]}). "

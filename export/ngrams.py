@@ -34,8 +34,21 @@ MAX_BUCKETS = 1 << 24
 MAX_ORDER = 7  # BASE^7 < 2^63: no overflow
 
 
-def default_settings() -> dict:
-    return {"orders": list(ORDERS), "buckets": BUCKETS}
+MAX_WEIGHTS = 1 << 24  # buckets x labels: 64 MiB of fp32 weights at most, whatever the number of labels
+
+
+def default_settings(num_labels: int = 2) -> dict:
+    """Orders 1-5 in BUCKETS buckets, fewer (a smaller prime) past 64 labels so that the table stays
+    within MAX_WEIGHTS."""
+    buckets = BUCKETS if BUCKETS * num_labels <= MAX_WEIGHTS else _prime_at_most(MAX_WEIGHTS // num_labels)
+    return {"orders": list(ORDERS), "buckets": buckets}
+
+
+def _prime_at_most(n: int) -> int:
+    n = max(n, 2)
+    while n > 2 and any(n % d == 0 for d in range(2, int(n**0.5) + 1)):
+        n -= 1
+    return n
 
 
 def check_settings(value: object, where: str) -> dict:
@@ -120,7 +133,7 @@ def with_ngram_head(model, on: bool):
 
     config = copy.deepcopy(model.config)
     if on:
-        setattr(config, CONFIG_KEY, default_settings())
+        setattr(config, CONFIG_KEY, default_settings(config.num_labels))
     elif hasattr(config, CONFIG_KEY):
         delattr(config, CONFIG_KEY)
     new = build(config)

@@ -106,7 +106,8 @@ ARCHITECTURE_FIELDS = ("num_latents", "d_latents", "d_model", "num_blocks", "num
 def architecture(config) -> dict:
     """The sizes of a Perceiver config, as plain JSON values."""
     d = config.to_dict()
-    return {k: d[k] for k in ARCHITECTURE_FIELDS if k in d} | {"num_labels": config.num_labels}
+    extra = {"pcv_ngram": d["pcv_ngram"]} if d.get("pcv_ngram") else {}  # the byte n-gram head, when there is one
+    return {k: d[k] for k in ARCHITECTURE_FIELDS if k in d} | {"num_labels": config.num_labels} | extra
 
 
 def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:

@@ -123,6 +123,17 @@ def test_an_untrusted_ngram_config_is_refused_before_loading(tmp_path, value):
         load_classifier(str(tmp_path))
 
 
+def test_a_head_too_large_for_its_labels_is_refused(tmp_path):
+    m = tiny_model()
+    m.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["pcv_ngram"] = {"orders": [1, 2], "buckets": 1 << 24}
+    cfg["id2label"] = {str(i): f"l{i}" for i in range(100)}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="refusing to build it"):
+        check_config(tmp_path / "config.json")
+
+
 def test_adding_and_dropping_the_head_keeps_the_perceiver(review_texts):
     plain = tiny_model()
     enc = PerceiverByteTokenizer()(review_texts[:3], max_length=256, truncation=True, padding="longest")
@@ -136,6 +147,15 @@ def test_adding_and_dropping_the_head_keeps_the_perceiver(review_texts):
         dropped = with_ngram_head(added, False).eval()
         assert not has_ngrams(dropped.config) and not hasattr(dropped, "ngram")
         torch.testing.assert_close(dropped(inputs=x, attention_mask=mask).logits, ref)
+
+
+def test_many_labels_get_fewer_buckets():
+    from pcv.export.ngrams import BUCKETS, MAX_WEIGHTS, default_settings
+
+    assert default_settings(64)["buckets"] == BUCKETS
+    b = default_settings(1000)["buckets"]
+    assert b * 1000 <= MAX_WEIGHTS and b > 0.99 * MAX_WEIGHTS // 1000
+    assert all(b % d for d in range(2, int(b**0.5) + 1))  # a prime, as the hash wants
 
 
 def test_the_head_trains_at_its_own_rate():

@@ -98,11 +98,13 @@ FRESH_ATTENTION_DROPOUT = 0.0
 # latent (dense distillation) and with each text read at every offset within a patch (shift
 # augmentation): on examples/make_docstrings.py's real 4-label texts a 3-minute tiny run reached
 # 54.0 % test accuracy with both against 36.6 % without, on IMDB 60.0 % against 50.8 % (validation),
-# on examples/make_tickets.py 99.25 % (pcv-train --size tiny --max-minutes 3).
+# on examples/make_tickets.py 99.25 % (pcv-train --size tiny --max-minutes 3 --no-ngram-head).
 FRESH_DENSE_WEIGHT = 1.0
-# The byte n-gram head learns a task's words in seconds where the Perceiver needs many epochs: it
-# trains at this multiple of the learning rate (a linear model over ~262k sparse features wants a
-# larger step than the network).
+# A fresh model gets the byte n-gram head (pcv.export.ngrams), which learns a task's words in seconds
+# where the Perceiver needs many epochs: the 3-minute tiny docstrings run above reached 80.75 % test
+# accuracy with it (the head alone 80.4 %, the Perceiver alone 43.4 %), IMDB 82.6 % validation. It
+# trains at this multiple of the learning rate: a linear model over ~262k sparse features wants a
+# larger step than the network.
 NGRAM_LR_SCALE = 10.0
 # Settings a rerun into the same out may change without being another run: where it runs, what it is
 # scored on at the end, and its budget (a longer one goes on from the checkpoint; pcv-train says so).
