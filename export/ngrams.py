@@ -112,9 +112,11 @@ class PerceiverWithNgrams(PerceiverForSequenceClassification):
             return
         super()._init_weights(module)
 
-    def forward(self, inputs=None, attention_mask=None, **kwargs):
-        out = super().forward(inputs=inputs, attention_mask=attention_mask, **kwargs)
+    def forward(self, inputs=None, attention_mask=None, labels=None, **kwargs):
+        out = super().forward(inputs=inputs, attention_mask=attention_mask, return_dict=True, **kwargs)
         out.logits = out.logits + self.ngram(inputs, attention_mask).to(out.logits.dtype)
+        if labels is not None:  # the loss of the sum (single-label classification), not of the Perceiver's part
+            out.loss = torch.nn.functional.cross_entropy(out.logits.float(), labels.view(-1))
         return out
 
     def parts(self, inputs: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

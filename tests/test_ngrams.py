@@ -64,6 +64,9 @@ def test_logits_are_the_sum_of_the_parts_and_a_fresh_head_adds_nothing(review_te
         net, head = m.parts(x, mask)
         torch.testing.assert_close(m(inputs=x, attention_mask=mask).logits, net + head)
         assert head.abs().max() > 0.1
+        y = torch.tensor([0, 1, 2, 1])
+        loss = m(inputs=x, attention_mask=mask, labels=y).loss
+        torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(net + head, y))
         fresh = build_classifier(build_config(SIZE, LABELS, ngrams=True)).eval()
         assert fresh.ngram.weight.abs().max() == 0
 
