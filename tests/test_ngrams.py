@@ -161,6 +161,16 @@ def test_many_labels_get_fewer_buckets():
     assert all(b % d for d in range(2, int(b**0.5) + 1))  # a prime, as the hash wants
 
 
+def test_the_head_fit_stops_at_its_share_of_a_time_budget(tmp_path, three, capsys, monkeypatch):
+    from pcv.train import train as train_module
+    from pcv.train.cli import train_main
+
+    monkeypatch.setattr(train_module, "HEAD_FIT_SHARE", 0.0)
+    assert train_main([str(three), "--out", str(tmp_path / "m"), "--max-minutes", "0.05", *TINY]) == 0
+    said = capsys.readouterr().out
+    assert "n-gram head fitted alone first: 0 passes over 108 texts" in said and "cut at its 0% of the time budget" in said
+
+
 def test_the_head_trains_at_its_own_rate():
     from pcv.train.loop import param_groups
 
@@ -200,10 +210,15 @@ def test_pcv_train_adds_the_head_to_a_fresh_model_and_reports_its_parts(tmp_path
     assert train_main([str(three), "--out", str(out), "--epochs", "2", *TINY]) == 0
     said = capsys.readouterr().out
     assert "+ a byte n-gram head (786,417 weights: orders 1,2,3,4,5" in said
+    assert "n-gram head fitted alone first: 4 passes over 108 texts" in said  # before the first joint step
     assert "accuracy of its parts alone: the Perceiver" in said
     assert json.loads((out / "run.json").read_text())["settings"]["ngram_head"] is True
-    parts = json.loads((out / "metrics.json").read_text())["validation"]["parts"]
-    assert set(parts) == {"perceiver", "ngram_head"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["validation"]["parts"]) == {"perceiver", "ngram_head"}
+    assert metrics["history"][0]["step"] == 0  # the fitted head's start is scored (and may be the saved model)
+    # a longer budget goes on from the checkpoint: the trained head is not fitted again
+    assert train_main([str(three), "--out", str(out), "--epochs", "3", *TINY]) == 0
+    assert "fitted alone first" not in capsys.readouterr().out
     model = load_classifier(str(out))
     assert isinstance(model, PerceiverWithNgrams) and model.ngram.weight.abs().max() > 0  # it trained
     # another choice is another run: refused into the same dir

@@ -27,7 +27,7 @@ from pcv.runtime.tokenizer import text_as_read, token_lengths
 from transformers import PerceiverForSequenceClassification
 
 from .fastattn import use_fused_attention
-from .loop import LoopState, average_weights, bf16_autocast, finished, record_eval, run_steps, save_model, say_precision, start
+from .loop import LoopState, average_weights, bf16_autocast, finished, group_by_length, record_eval, run_steps, save_model, say_precision, start
 from .surgery import add_layers, extend_positions, patch_init, position_period, set_attention_dropout
 
 
@@ -106,6 +106,11 @@ FRESH_DENSE_WEIGHT = 1.0
 # trains at this multiple of the learning rate: a linear model over ~262k sparse features wants a
 # larger step than the network.
 NGRAM_LR_SCALE = 10.0
+# A fresh head is first fitted alone for a few passes (no Perceiver forward: seconds), so that it
+# knows the words however few joint steps a slow or busy machine allows; a time-boxed run gives the
+# fit at most HEAD_FIT_SHARE of its budget, on top of it.
+HEAD_FIT_EPOCHS = 4
+HEAD_FIT_SHARE = 0.1
 # Settings a rerun into the same out may change without being another run: where it runs, what it is
 # scored on at the end, and its budget (a longer one goes on from the checkpoint; pcv-train says so).
 RERUN_MAY_CHANGE = ("device", "overwrite", "test")
@@ -685,6 +690,10 @@ def train(cfg: TrainConfig) -> dict:
                  "train_seconds": round(run.state.train_seconds, 1)}
         record_eval(run.state, entry, acc, model, out)
 
+    if run.state.step == 0 and getattr(model, "ngram", None) is not None and not model.ngram.weight.any():
+        fit_head(model.ngram, tg, data, cfg, device)
+        run_eval()  # step 0 is a candidate: the saved model validates at least as well as the fitted head's start
+
     splicer = make_splicer(cfg, tg, dense, device)
     with splicer or contextlib.nullcontext():
         run_steps(run, model=trained, loss_of=BatchLoss(cfg, model, trained, tg, dense, splicer, device),
@@ -694,6 +703,43 @@ def train(cfg: TrainConfig) -> dict:
     averaged = average_last(model, run.ckpt, run.state, cfg, score, out)
     reports = final_reports(cfg, data, out, device)
     return write_metrics(cfg, model, data, tg, run, device, averaged, out, reports)
+
+
+def fit_head(head: torch.nn.Module, tg: Targets, data: Data, cfg: TrainConfig, device: torch.device) -> None:
+    """Fit a fresh byte n-gram head alone on the pool's targets: HEAD_FIT_EPOCHS passes of AdamW at
+    the head's rate (NGRAM_LR_SCALE x lr), batches of similar lengths, seeded; stops early at its
+    share of a time budget. The joint training then starts from it."""
+    tok = PerceiverByteTokenizer()
+
+    def encode(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = tok(texts, max_length=cfg.max_length, truncation=True, padding="longest")
+        return torch.from_numpy(enc.input_ids).to(device), torch.from_numpy(enc.attention_mask).to(device)
+
+    opt = torch.optim.AdamW(head.parameters(), lr=NGRAM_LR_SCALE * cfg.lr, weight_decay=cfg.weight_decay)
+    lengths = token_lengths(tg.pool, cfg.max_length)
+    limit = cfg.max_minutes * 60 * HEAD_FIT_SHARE if cfg.max_minutes else float("inf")
+    t0 = time.perf_counter()
+    passes = 0
+    while passes < HEAD_FIT_EPOCHS and time.perf_counter() - t0 <= limit:
+        rng = np.random.default_rng([cfg.seed, 7, passes])
+        order = group_by_length(rng.permutation(len(tg.pool)), lengths, cfg.batch_size, rng)
+        for s in range(0, len(order), cfg.batch_size):
+            if time.perf_counter() - t0 > limit:
+                break
+            idx = order[s : s + cfg.batch_size]
+            x, m = encode([tg.pool[i] for i in idx])
+            loss = -(torch.from_numpy(tg.targets[idx]).to(device) * torch.log_softmax(head(x, m), -1)).sum(-1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        else:
+            passes += 1
+    with torch.no_grad():
+        pred = np.concatenate([head(*encode(data.va_texts[s : s + 256])).argmax(-1).cpu().numpy()
+                               for s in range(0, len(data.va_texts), 256)])
+    cut = "" if passes == HEAD_FIT_EPOCHS else f", cut at its {HEAD_FIT_SHARE:.0%} of the time budget"
+    print(f"n-gram head fitted alone first: {passes} passes over {len(tg.pool):,} texts in "
+          f"{time.perf_counter() - t0:.1f}s{cut}, validation accuracy {float((pred == data.va_labels).mean()):.4f}", flush=True)
 
 
 def final_reports(cfg: TrainConfig, data: Data, out: Path, device: torch.device) -> dict:
