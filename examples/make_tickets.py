@@ -2,7 +2,7 @@
 labels of your own: `python examples/make_tickets.py DIR` writes DIR/train.jsonl (2,000 messages)
 and DIR/test.jsonl (400), labels billing / shipping / technical / account, seeded (the same files
 every time). Each message mixes phrases of its own topic with neutral ones, and one in five also
-carries a phrase of another topic, so that a classifier has to weigh them; messages are 60-300 bytes.
+carries a phrase of another topic, so that a classifier has to weigh them; messages are 30-190 bytes.
 """
 
 from __future__ import annotations

@@ -60,15 +60,50 @@ def check_config(path: Path) -> dict:
             continue  # transformers' default
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
             raise ModelError(f"{path}: field {name!r} = {value!r} is not an integer in 1..{limit}")
-    if CONFIG_KEY in cfg and cfg[CONFIG_KEY] is not None:
-        head = check_settings(cfg[CONFIG_KEY], str(path))
-        labels = len(cfg.get("id2label") or {}) or int(cfg.get("num_labels") or 2)
-        if head["buckets"] * labels > MAX_HEAD_WEIGHTS:
-            raise ModelError(f"{path}: {CONFIG_KEY} describes {head['buckets']:,} buckets x {labels:,} labels, over "
-                             f"{MAX_HEAD_WEIGHTS:,} weights; refusing to build it")
+    if cfg.get(CONFIG_KEY) is not None:
+        id2label, num_labels = cfg.get("id2label"), cfg.get("num_labels")
+        if id2label is not None and not isinstance(id2label, dict):
+            raise ModelError(f"{path}: id2label = {id2label!r} is not an object of label names")
+        if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1):
+            raise ModelError(f"{path}: num_labels = {num_labels!r} is not a positive integer")
+        check_head_size(check_settings(cfg[CONFIG_KEY], str(path)), len(id2label or {}) or num_labels or 2, str(path))
     if (n := estimate_params(cfg)) > MAX_PARAMS:
         raise ModelError(f"{path}: this config describes ~{n / 1e9:.0f}B parameters (limit {MAX_PARAMS / 1e9:.0f}B); refusing to build it")
     return cfg
+
+
+def check_head_size(head: dict, labels: int, where: str) -> None:
+    if head["buckets"] * labels > MAX_HEAD_WEIGHTS:
+        raise ModelError(f"{where}: {CONFIG_KEY} describes {head['buckets']:,} buckets x {labels:,} labels, over "
+                         f"{MAX_HEAD_WEIGHTS:,} weights; refusing to build it")
+
+
+def check_head_weights(path: Path, cfg: dict, fresh_head: bool) -> None:
+    """The safetensors headers (read without loading a tensor) against the config: a head the config
+    describes needs its ngram.weight of that shape (a fresh head for other labels excepted), and
+    ngram.* weights need the config's head, or they would be dropped without a word."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                shapes |= {k: tuple(st.get_slice(k).get_shape()) for k in st.keys()}  # noqa: SIM118 (not a dict)
+        except Exception as e:  # safetensors raises its own error types for a damaged header
+            raise ModelError(f"{f}: not a readable safetensors file ({e})") from e
+    head = cfg.get(CONFIG_KEY)
+    if head is None:
+        if extra := sorted(k for k in shapes if k.startswith("ngram.")):
+            raise ModelError(f"{path}: the weights hold a byte n-gram head ({', '.join(extra)}) but config.json has no "
+                             f"{CONFIG_KEY}: restore it, or the model would answer without its head")
+        return
+    if fresh_head:
+        return
+    want = (head["buckets"], len(cfg.get("id2label") or {}) or cfg.get("num_labels") or 2)
+    if shapes.get("ngram.weight") != want:
+        got = shapes.get("ngram.weight")
+        raise ModelError(f"{path}: config.json describes a byte n-gram head of {want[0]:,} x {want[1]} weights but the "
+                         f"weights {'have none' if got is None else f'hold {got}'} (ngram.weight)")
 
 
 # ModelSize field -> PerceiverConfig key: one table for build_config and its inverse, model_size
@@ -126,7 +161,8 @@ def load_classifier(model: str, *, allow_pickle: bool = False, labels: dict[int,
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"{path}: no config.json; a model dir needs config.json and model.safetensors")
-        cls = classifier_class(check_config(path / "config.json"))
+        cfg = check_config(path / "config.json")
+        cls = classifier_class(cfg)
         has_st = any(path.glob("*.safetensors"))
         has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
         if not has_st and has_pickle and not allow_pickle:
@@ -136,8 +172,15 @@ def load_classifier(model: str, *, allow_pickle: bool = False, labels: dict[int,
             )
         if not has_st and not has_pickle:
             raise ModelError(f"{path}: no model.safetensors in the model dir")
+        fresh = labels is not None and len(labels) != (len(cfg.get("id2label") or {}) or cfg.get("num_labels") or 2)
+        if has_st:
+            check_head_weights(path, cfg, fresh_head=fresh)
+        extra = {}
+        if fresh and cfg.get(CONFIG_KEY) is not None:  # a fresh head for other labels: sized for them
+            extra = {CONFIG_KEY: default_settings(len(labels)) | {"orders": check_settings(cfg[CONFIG_KEY], "")["orders"]}}
+            check_head_size(extra[CONFIG_KEY], len(labels), str(path))
         try:
-            m = cls.from_pretrained(path, use_safetensors=has_st or not allow_pickle, **_head(labels))
+            m = cls.from_pretrained(path, use_safetensors=has_st or not allow_pickle, **_head(labels), **extra)
         except (OSError, ValueError, RuntimeError) as e:
             raise ModelError(f"{path}: cannot load the model: {e}") from e
         return m.eval()
@@ -146,7 +189,7 @@ def load_classifier(model: str, *, allow_pickle: bool = False, labels: dict[int,
     try:
         config = PerceiverConfig.from_pretrained(model)  # a hub model with a byte n-gram head loads with it
         if (value := getattr(config, CONFIG_KEY, None)) is not None:
-            check_settings(value, f"{model}: config.json")
+            check_head_size(check_settings(value, f"{model}: config.json"), len(labels or config.id2label), model)
         m = classifier_class(config).from_pretrained(model, use_safetensors=not allow_pickle or None, **_head(labels))
     except OSError as e:
         raise ModelError(

@@ -10,7 +10,8 @@ change: (input_ids, attention_mask) -> logits, where
 
 over every position p and order n whose n tokens are all under the attention mask (the [CLS] and
 [SEP] specials included: they mark where a text begins and ends). bucket() is a polynomial hash of
-the n token ids modulo a prime, in int64 arithmetic that torch and ONNX compute alike.
+the n token ids modulo a prime, reduced after every step so that no intermediate value leaves int32
+(an engine that computes int64 tensors in int32 gets the same buckets); torch and ONNX compute it alike.
 
 The settings live in config.json under "pcv_ngram"; load_classifier builds PerceiverWithNgrams for
 such a config. transformers' own PerceiverForSequenceClassification ignores the head's weights, so a
@@ -30,8 +31,8 @@ BASE = 263  # > the 262 token ids: the hash of n ids is exact before the modulo
 BUCKETS = 262_139  # a prime near 2^18: 1 MiB of weights per label
 ORDERS = (1, 2, 3, 4, 5)
 ORDER_SALT = 104_729  # a prime added per order, so that orders hash apart
-MAX_BUCKETS = 1 << 24
-MAX_ORDER = 7  # BASE^7 < 2^63: no overflow
+MAX_BUCKETS = 1 << 22  # the hash stays within int32 at every step (MAX_BUCKETS * BASE + 262 < 2^31)
+MAX_ORDER = 7
 
 
 MAX_WEIGHTS = 1 << 24  # buckets x labels: 64 MiB of fp32 weights at most, whatever the number of labels
@@ -56,8 +57,9 @@ def check_settings(value: object, where: str) -> dict:
     if not isinstance(value, dict) or set(value) != {"orders", "buckets"}:
         raise ModelError(f"{where}: {CONFIG_KEY} must be {{\"orders\": [...], \"buckets\": N}}, not {value!r}")
     orders, buckets = value["orders"], value["buckets"]
-    if (not isinstance(orders, list) or not 1 <= len(orders) <= MAX_ORDER or len(set(orders)) != len(orders)
-            or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_ORDER for n in orders)):
+    if (not isinstance(orders, list) or not 1 <= len(orders) <= MAX_ORDER
+            or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_ORDER for n in orders)
+            or len(set(orders)) != len(orders)):
         raise ModelError(f"{where}: {CONFIG_KEY}.orders = {orders!r}: distinct integers in 1..{MAX_ORDER}")
     if isinstance(buckets, bool) or not isinstance(buckets, int) or not 2 <= buckets <= MAX_BUCKETS:
         raise ModelError(f"{where}: {CONFIG_KEY}.buckets = {buckets!r}: an integer in 2..{MAX_BUCKETS}")
@@ -82,8 +84,8 @@ class ByteNgrams(torch.nn.Module):
         for n in self.orders:
             h = ids[:, 0:T]
             valid = mask[:, 0:T]
-            for k in range(1, n):
-                h = h * BASE + ids[:, k : k + T]
+            for k in range(1, n):  # the polynomial, reduced at each step: the same buckets, no overflow
+                h = torch.remainder(h * BASE + ids[:, k : k + T], self.buckets)
                 valid = valid * mask[:, k : k + T]
             out.append((torch.remainder(h + n * ORDER_SALT, self.buckets), valid))
         return out
@@ -112,12 +114,12 @@ class PerceiverWithNgrams(PerceiverForSequenceClassification):
             return
         super()._init_weights(module)
 
-    def forward(self, inputs=None, attention_mask=None, labels=None, **kwargs):
+    def forward(self, inputs=None, attention_mask=None, labels=None, return_dict=None, **kwargs):
         out = super().forward(inputs=inputs, attention_mask=attention_mask, return_dict=True, **kwargs)
         out.logits = out.logits + self.ngram(inputs, attention_mask).to(out.logits.dtype)
         if labels is not None:  # the loss of the sum (single-label classification), not of the Perceiver's part
             out.loss = torch.nn.functional.cross_entropy(out.logits.float(), labels.view(-1))
-        return out
+        return out.to_tuple() if return_dict is False else out
 
     def parts(self, inputs: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The Perceiver's logits and the n-gram head's, apart (their sum is forward's)."""
@@ -126,7 +128,9 @@ class PerceiverWithNgrams(PerceiverForSequenceClassification):
 
 
 def has_ngrams(config) -> bool:
-    return getattr(config, CONFIG_KEY, None) is not None
+    """Whether a config (a PerceiverConfig, or config.json read as a dict) has the byte n-gram head."""
+    value = config.get(CONFIG_KEY) if isinstance(config, dict) else getattr(config, CONFIG_KEY, None)
+    return value is not None
 
 
 def with_ngram_head(model, on: bool):

@@ -112,7 +112,7 @@ def test_variants_keep_the_head(tmp_path_factory, review_texts, kind, tol):
     {"orders": [1, 2], "buckets": 0}, {"orders": [], "buckets": 5}, {"orders": [0, 2], "buckets": 5},
     {"orders": [2, 2], "buckets": 5}, {"orders": [9], "buckets": 5}, {"orders": [1], "buckets": 1 << 30},
     {"orders": [1], "buckets": True}, {"orders": "12", "buckets": 5}, {"orders": [1]}, [1, 2, 3],
-    {"orders": [1], "buckets": 5, "code": "x"},
+    {"orders": [1], "buckets": 5, "code": "x"}, {"orders": [[1]], "buckets": 5}, {"orders": [{"a": 1}], "buckets": 5},
 ])
 def test_an_untrusted_ngram_config_is_refused_before_loading(tmp_path, value):
     m = tiny_model()
@@ -130,11 +130,66 @@ def test_a_head_too_large_for_its_labels_is_refused(tmp_path):
     m = tiny_model()
     m.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["pcv_ngram"] = {"orders": [1, 2], "buckets": 1 << 24}
+    cfg["pcv_ngram"] = {"orders": [1, 2], "buckets": 1 << 22}
     cfg["id2label"] = {str(i): f"l{i}" for i in range(100)}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="refusing to build it"):
         check_config(tmp_path / "config.json")
+
+
+def test_label_fields_beside_a_head_are_checked(tmp_path):
+    m = ngram_model()
+    m.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for field, value, says in (("id2label", 5, "id2label = 5"), ("num_labels", "3", "num_labels = '3'")):
+        bad = dict(cfg, **{field: value})
+        if field == "num_labels":
+            bad.pop("id2label")
+        (tmp_path / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(ModelError, match=says):
+            load_classifier(str(tmp_path))
+
+
+def test_weights_and_config_must_agree_on_the_head(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    m = ngram_model()
+    m.save_pretrained(tmp_path / "m")
+    weights = load_file(tmp_path / "m" / "model.safetensors")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    # the config says there is a head, the weights have none: refused, not a silent zero head
+    (tmp_path / "nohead").mkdir()
+    save_file({k: v for k, v in weights.items() if not k.startswith("ngram.")}, tmp_path / "nohead" / "model.safetensors")
+    (tmp_path / "nohead" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="have none"):
+        load_classifier(str(tmp_path / "nohead"))
+    # the weights hold a head the config does not describe: refused, not dropped without a word
+    (tmp_path / "noconfig").mkdir()
+    save_file(weights, tmp_path / "noconfig" / "model.safetensors")
+    (tmp_path / "noconfig" / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "pcv_ngram"}))
+    with pytest.raises(ModelError, match="no pcv_ngram"):
+        load_classifier(str(tmp_path / "noconfig"))
+    # a table of another size than the config's
+    (tmp_path / "small").mkdir()
+    save_file(weights | {"ngram.weight": weights["ngram.weight"][:1000].clone()}, tmp_path / "small" / "model.safetensors")
+    (tmp_path / "small" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match=r"hold \(1000, 3\)"):
+        load_classifier(str(tmp_path / "small"))
+
+
+def test_a_fresh_head_for_many_other_labels_is_sized_for_them(tmp_path):
+    from pcv.export.ngrams import default_settings
+
+    ngram_model().save_pretrained(tmp_path)
+    many = load_classifier(str(tmp_path), labels={i: f"l{i}" for i in range(400)})
+    assert many.ngram.buckets == default_settings(400)["buckets"] < 262_139
+    assert tuple(many.ngram.weight.shape) == (many.ngram.buckets, 400) and many.ngram.weight.abs().max() == 0
+
+
+def test_the_hash_never_leaves_int32():
+    from pcv.export.ngrams import MAX_BUCKETS, MAX_ORDER
+
+    assert (MAX_BUCKETS - 1) * BASE + 261 < 2**31 and (MAX_BUCKETS - 1) + MAX_ORDER * ORDER_SALT < 2**31
 
 
 def test_adding_and_dropping_the_head_keeps_the_perceiver(review_texts):
@@ -237,3 +292,13 @@ def test_pcv_train_adds_the_head_to_a_fresh_model_and_reports_its_parts(tmp_path
     ft2 = tmp_path / "ft2"
     assert train_main([str(three), "--out", str(ft2), "--init-from", str(out), "--epochs", "1", "--batch-size", "8"]) == 0
     assert has_ngrams(load_classifier(str(ft2)).config)
+    # asking for what the checkpoint has is the same run: it resumes
+    assert train_main([str(three), "--out", str(ft2), "--init-from", str(out), "--epochs", "1", "--batch-size", "8",
+                       "--ngram-head"]) == 0
+    assert "the run is complete" in capsys.readouterr().out
+    # a run recorded before the head existed had none: --no-ngram-head resumes it
+    run = json.loads((plain / "run.json").read_text())
+    del run["settings"]["ngram_head"]
+    (plain / "run.json").write_text(json.dumps(run))
+    assert train_main([str(three), "--out", str(plain), "--epochs", "1", "--no-ngram-head", *TINY]) == 0
+    assert "the run is complete" in capsys.readouterr().out

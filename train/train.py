@@ -110,6 +110,7 @@ NGRAM_LR_SCALE = 10.0
 # knows the words however few joint steps a slow or busy machine allows; a time-boxed run gives the
 # fit at most HEAD_FIT_SHARE of its budget, on top of it.
 HEAD_FIT_EPOCHS = 4
+HEAD_FIT_LR = NGRAM_LR_SCALE * FRESH.lr  # a fresh head's rate, also when the Perceiver is fine-tuned at 5e-5
 HEAD_FIT_SHARE = 0.1
 # Settings a rerun into the same out may change without being another run: where it runs, what it is
 # scored on at the end, and its budget (a longer one goes on from the checkpoint; pcv-train says so).
@@ -576,6 +577,8 @@ def guard_out(cfg: TrainConfig, out: Path) -> dict:
             old = "unreadable"
     held = old is not None or (out / "checkpoint").exists() or (out / "metrics.json").exists()
     old_budget = {k: old.pop(k, None) for k in RERUN_BUDGET} if isinstance(old, dict) else {}
+    if isinstance(old, dict):
+        old.setdefault("ngram_head", False)  # a run recorded before the n-gram head existed had none
     if held and old != settings:
         if not cfg.overwrite:
             diff = "unknown (no readable run.json)" if not isinstance(old, dict) else settings_diff(old, settings)
@@ -616,8 +619,20 @@ def resolve_signals(cfg: TrainConfig) -> TrainConfig:
     if shift is None:  # a fresh model's positions are its size's max_length
         width = max(1, round(cfg.size.max_length / cfg.size.num_latents))  # patch_init's patch width
         shift = min(width, (cfg.max_length or cfg.size.max_length) // 4) if patches else 0
-    ngram = cfg.ngram_head if cfg.ngram_head is not None or cfg.init_from else True
+    ngram = cfg.ngram_head
+    if ngram is None:  # a fresh model gets the head; a trained one keeps its choice (when its dir says it)
+        ngram = _model_has_ngrams(cfg.init_from) if cfg.init_from else True
     return replace(cfg, dense_weight=dense, shift_augment=shift, ngram_head=ngram)
+
+
+def _model_has_ngrams(init_from: str) -> bool | None:
+    """Whether a local model dir's config.json has the byte n-gram head (None when it cannot be told:
+    a hub id, or a file load_classifier will refuse with its own message)."""
+    try:
+        config = json.loads((Path(init_from) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return has_ngrams(config) if isinstance(config, dict) else None
 
 
 def say_plan(cfg: TrainConfig, model, run, pool: int) -> None:
@@ -707,15 +722,15 @@ def train(cfg: TrainConfig) -> dict:
 
 def fit_head(head: torch.nn.Module, tg: Targets, data: Data, cfg: TrainConfig, device: torch.device) -> None:
     """Fit a fresh byte n-gram head alone on the pool's targets: HEAD_FIT_EPOCHS passes of AdamW at
-    the head's rate (NGRAM_LR_SCALE x lr), batches of similar lengths, seeded; stops early at its
-    share of a time budget. The joint training then starts from it."""
+    HEAD_FIT_LR, batches of similar lengths, seeded; stops early at its share of a time budget. The
+    joint training then starts from it."""
     tok = PerceiverByteTokenizer()
 
     def encode(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         enc = tok(texts, max_length=cfg.max_length, truncation=True, padding="longest")
         return torch.from_numpy(enc.input_ids).to(device), torch.from_numpy(enc.attention_mask).to(device)
 
-    opt = torch.optim.AdamW(head.parameters(), lr=NGRAM_LR_SCALE * cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(head.parameters(), lr=HEAD_FIT_LR, weight_decay=cfg.weight_decay)
     lengths = token_lengths(tg.pool, cfg.max_length)
     limit = cfg.max_minutes * 60 * HEAD_FIT_SHARE if cfg.max_minutes else float("inf")
     t0 = time.perf_counter()
@@ -779,7 +794,8 @@ def write_metrics(cfg: TrainConfig, model, data: Data, tg: Targets, run, device:
         "pool_size": len(tg.pool),
         "teacher_val_accuracy": tg.teacher_val_acc,
         "teacher_val_accuracy_at_max_length": tg.teacher_val_acc_cut,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in model.parameters()),  # the n-gram head's weights included
+        "ngram_head_weights": model.ngram.weight.numel() if has_ngrams(model.config) else 0,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "history": state.history,
         # the size trained, which with init_from is the loaded model's, not cfg.size
