@@ -66,10 +66,15 @@ def check_config(path: Path) -> dict:
             raise ModelError(f"{path}: id2label = {id2label!r} is not an object of label names")
         if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1):
             raise ModelError(f"{path}: num_labels = {num_labels!r} is not a positive integer")
-        check_head_size(check_settings(cfg[CONFIG_KEY], str(path)), len(id2label or {}) or num_labels or 2, str(path))
+        check_head_size(check_settings(cfg[CONFIG_KEY], str(path)), _num_labels(cfg), str(path))
     if (n := estimate_params(cfg)) > MAX_PARAMS:
         raise ModelError(f"{path}: this config describes ~{n / 1e9:.0f}B parameters (limit {MAX_PARAMS / 1e9:.0f}B); refusing to build it")
     return cfg
+
+
+def _num_labels(cfg: dict) -> int:
+    """The labels a config.json's head has: its id2label's, else num_labels, else transformers' 2."""
+    return len(cfg.get("id2label") or {}) or cfg.get("num_labels") or 2
 
 
 def check_head_size(head: dict, labels: int, where: str) -> None:
@@ -99,7 +104,7 @@ def check_head_weights(path: Path, cfg: dict, fresh_head: bool) -> None:
         return
     if fresh_head:
         return
-    want = (head["buckets"], len(cfg.get("id2label") or {}) or cfg.get("num_labels") or 2)
+    want = (head["buckets"], _num_labels(cfg))
     if shapes.get("ngram.weight") != want:
         got = shapes.get("ngram.weight")
         raise ModelError(f"{path}: config.json describes a byte n-gram head of {want[0]:,} x {want[1]} weights but the "
@@ -172,12 +177,12 @@ def load_classifier(model: str, *, allow_pickle: bool = False, labels: dict[int,
             )
         if not has_st and not has_pickle:
             raise ModelError(f"{path}: no model.safetensors in the model dir")
-        fresh = labels is not None and len(labels) != (len(cfg.get("id2label") or {}) or cfg.get("num_labels") or 2)
+        fresh = labels is not None and len(labels) != _num_labels(cfg)
         if has_st:
             check_head_weights(path, cfg, fresh_head=fresh)
         extra = {}
         if fresh and cfg.get(CONFIG_KEY) is not None:  # a fresh head for other labels: sized for them
-            extra = {CONFIG_KEY: default_settings(len(labels)) | {"orders": check_settings(cfg[CONFIG_KEY], "")["orders"]}}
+            extra = {CONFIG_KEY: default_settings(len(labels)) | {"orders": cfg[CONFIG_KEY]["orders"]}}  # checked above
             check_head_size(extra[CONFIG_KEY], len(labels), str(path))
         try:
             m = cls.from_pretrained(path, use_safetensors=has_st or not allow_pickle, **_head(labels), **extra)

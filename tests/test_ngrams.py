@@ -230,7 +230,7 @@ def test_the_head_trains_at_its_own_rate():
     from pcv.train.loop import param_groups
 
     m = build_classifier(build_config(SIZE, LABELS, ngrams=True))
-    groups = param_groups(torch.nn.ModuleDict({"model": m}), {"model.ngram.": 10.0})
+    groups = param_groups(torch.nn.ModuleDict({"model": m}), {m.ngram: 10.0})
     assert [g.get("lr_scale", 1.0) for g in groups] == [1.0, 10.0]
     assert groups[1]["params"] == [m.ngram.weight]
     assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))

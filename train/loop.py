@@ -160,25 +160,19 @@ class Run:
     max_minutes: float | None = None
 
 
-def param_groups(model: torch.nn.Module, lr_scales: dict[str, float] | None) -> list[dict]:
-    """One optimizer group, or one per name prefix in lr_scales (its parameters at that multiple of the
-    learning rate) and one for the rest; the groups are the same on every run, so a checkpoint resumes."""
-    if not lr_scales:
-        return [{"params": list(model.parameters())}]
-    named = list(model.named_parameters())
-    groups = []
-    for prefix, scale in lr_scales.items():
-        params = [p for n, p in named if n.startswith(prefix)]
-        if params:
-            groups.append({"params": params, "lr_scale": scale})
-    rest = [p for n, p in named if not any(n.startswith(prefix) for prefix in lr_scales)]
-    return [{"params": rest}, *groups]
+def param_groups(model: torch.nn.Module, lr_scales: dict[torch.nn.Module, float] | None) -> list[dict]:
+    """One optimizer group, or one per submodule in lr_scales (its parameters at that multiple of the
+    learning rate) after one for the rest; the groups are the same on every run, so a checkpoint resumes."""
+    scaled = [({id(p) for p in m.parameters()}, s) for m, s in (lr_scales or {}).items()]
+    groups = [{"params": [p for p in model.parameters() if id(p) in ids], "lr_scale": s} for ids, s in scaled]
+    rest = [p for p in model.parameters() if not any(id(p) in ids for ids, _ in scaled)]
+    return [{"params": rest}, *(g for g in groups if g["params"])]
 
 
 def start(model: torch.nn.Module, *, pool_size: int, batch_size: int, epochs: float, lr: float, weight_decay: float,
           warmup: int | None, max_minutes: float | None, ckpt_dir: Path, device: torch.device, keep: int = 0,
           kept: torch.nn.Module | None = None, warmup_fraction: float = 0.05,
-          lr_scales: dict[str, float] | None = None) -> Run:
+          lr_scales: dict[torch.nn.Module, float] | None = None) -> Run:
     """AdamW, the step budget, the checkpoint (resumed if there is one) and the learning-rate schedule.
     `warmup` None: warmup_fraction of the planned steps, or of the time budget when there is one."""
     steps_per_epoch = math.ceil(pool_size / batch_size)

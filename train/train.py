@@ -326,12 +326,22 @@ class Targets:
     teacher_val_acc_cut: float | None = None  # on the first max_length tokens the student reads
 
 
+def _local_config(init_from: str | None) -> dict | None:
+    """A local model dir's config.json as data (None for a hub id, or a file load_classifier will refuse
+    with its own message)."""
+    try:
+        config = json.loads((Path(init_from) / "config.json").read_text(encoding="utf-8")) if init_from else None
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def _model_label_names(init_from: str | None) -> tuple[str, ...] | None:
     """A trained model's own label names (a local dir's config.json), unless they are transformers' LABEL_k."""
-    if not init_from or not (Path(init_from) / "config.json").is_file():
+    if (config := _local_config(init_from)) is None:
         return None
     try:
-        id2label = json.loads((Path(init_from) / "config.json").read_text(encoding="utf-8")).get("id2label") or {}
+        id2label = config.get("id2label") or {}
         names = tuple(id2label[k] for k in sorted(id2label, key=int))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -626,13 +636,9 @@ def resolve_signals(cfg: TrainConfig) -> TrainConfig:
 
 
 def _model_has_ngrams(init_from: str) -> bool | None:
-    """Whether a local model dir's config.json has the byte n-gram head (None when it cannot be told:
-    a hub id, or a file load_classifier will refuse with its own message)."""
-    try:
-        config = json.loads((Path(init_from) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return has_ngrams(config) if isinstance(config, dict) else None
+    """Whether a local model dir's config.json has the byte n-gram head (None when it cannot be told)."""
+    config = _local_config(init_from)
+    return None if config is None else has_ngrams(config)
 
 
 def say_plan(cfg: TrainConfig, model, run, pool: int) -> None:
@@ -692,7 +698,7 @@ def train(cfg: TrainConfig) -> dict:
     run = start(trained, pool_size=len(tg.pool), batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr,
                 weight_decay=cfg.weight_decay, warmup=cfg.warmup_steps, warmup_fraction=cfg.warmup_fraction,
                 max_minutes=cfg.max_minutes, ckpt_dir=out / "checkpoint", device=device, keep=cfg.average_last,
-                kept=model, lr_scales={("model." if trained is not model else "") + "ngram.": NGRAM_LR_SCALE})
+                kept=model, lr_scales={model.ngram: NGRAM_LR_SCALE} if has_ngrams(model.config) else None)
     say_plan(cfg, model, run, len(tg.pool))
     record_run(out, settings)  # the data, model and teacher are good: from here on out holds this run
 
@@ -705,8 +711,10 @@ def train(cfg: TrainConfig) -> dict:
                  "train_seconds": round(run.state.train_seconds, 1)}
         record_eval(run.state, entry, acc, model, out)
 
-    if run.state.step == 0 and getattr(model, "ngram", None) is not None and not model.ngram.weight.any():
-        fit_head(model.ngram, tg, data, cfg, device)
+    fresh_head = run.state.step == 0 and has_ngrams(model.config) and not model.ngram.weight.any()
+    lengths = token_lengths(tg.pool, cfg.max_length) if cfg.group_by_length or fresh_head else None
+    if fresh_head:
+        fit_head(model.ngram, tg, data, cfg, device, lengths)
         run_eval()  # step 0 is a candidate: the saved model validates at least as well as the fitted head's start
 
     splicer = make_splicer(cfg, tg, dense, device)
@@ -714,13 +722,14 @@ def train(cfg: TrainConfig) -> dict:
         run_steps(run, model=trained, loss_of=BatchLoss(cfg, model, trained, tg, dense, splicer, device),
                   run_eval=run_eval, pool_size=len(tg.pool), batch_size=cfg.batch_size, order_seed=cfg.seed,
                   eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every, max_minutes=cfg.max_minutes,
-                  lengths=token_lengths(tg.pool, cfg.max_length) if cfg.group_by_length else None, desc="train")
+                  lengths=lengths if cfg.group_by_length else None, desc="train")
     averaged = average_last(model, run.ckpt, run.state, cfg, score, out)
     reports = final_reports(cfg, data, out, device)
     return write_metrics(cfg, model, data, tg, run, device, averaged, out, reports)
 
 
-def fit_head(head: torch.nn.Module, tg: Targets, data: Data, cfg: TrainConfig, device: torch.device) -> None:
+def fit_head(head: torch.nn.Module, tg: Targets, data: Data, cfg: TrainConfig, device: torch.device,
+             lengths: np.ndarray) -> None:
     """Fit a fresh byte n-gram head alone on the pool's targets: HEAD_FIT_EPOCHS passes of AdamW at
     HEAD_FIT_LR, batches of similar lengths, seeded; stops early at its share of a time budget. The
     joint training then starts from it."""
@@ -731,7 +740,6 @@ def fit_head(head: torch.nn.Module, tg: Targets, data: Data, cfg: TrainConfig, d
         return torch.from_numpy(enc.input_ids).to(device), torch.from_numpy(enc.attention_mask).to(device)
 
     opt = torch.optim.AdamW(head.parameters(), lr=HEAD_FIT_LR, weight_decay=cfg.weight_decay)
-    lengths = token_lengths(tg.pool, cfg.max_length)
     limit = cfg.max_minutes * 60 * HEAD_FIT_SHARE if cfg.max_minutes else float("inf")
     t0 = time.perf_counter()
     passes = 0
