@@ -156,3 +156,86 @@ def fuse_cross_attention(model: onnx.ModelProto) -> int:
         om.prune_graph()  # the Shape/Gather/Concat that fed the removed Reshapes
         om.topological_sort()
     return fused
+
+
+# The key-padding bias carried by the scores' MatMul (fold_mask_into_scores): a padded key's row of Kᵀ
+# ends in this value and every query's row of Q in 1, so its score is this / c before the softmax.
+# Any value far below real scores works (exp underflows to 0 in fp32 past ~-104); this one also
+# fits float16 (max 65504) and stays below -400 after a scale of c = 64 (head size 4,096).
+FOLDED_MASK = -30000.0
+
+
+def fold_mask_into_scores(model: onnx.ModelProto) -> int:
+    """Fold each attention's key-padding bias into its QKᵀ MatMul, in place; returns how many.
+
+    Add(Div(MatMul(q, k), c), bias) with the bias from the attention_mask input becomes
+    Div(MatMul(Concat(q, 1), Concat(k, row)), c), row = (1 - mask) * FOLDED_MASK:
+
+        q (B, H, Nq, dh) -> (B, H, Nq, dh + 1)     last column 1
+        k (B, H, dh, L)  -> (B, H, dh + 1, L)      last row 0 for a real key, FOLDED_MASK for a pad
+
+    The product gains one term per score, exactly 0 for a real key, so real scores are unchanged,
+    and the Add — a pass over the (B, H, Nq, L) score map, for the byte-side cross-attention over
+    heads × latents × bytes — is gone. Padded keys get probability 0 as before (exp underflows).
+    For CPU graphs: it hides the attention from fuse_cross_attention, which GPU variants need.
+    """
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    om = OnnxModel(model)
+    m = _Matcher(om)
+    graph_inputs = {i.name for i in model.graph.input}
+    rows: dict[str, str] = {}  # attention_mask input -> its (B, 1, 1, L) folded row
+    add: list[onnx.NodeProto] = []
+    remove: list[onnx.NodeProto] = []
+    consts = {"pcv_fold_one": np.array(1.0, np.float32), "pcv_fold_mask": np.array(FOLDED_MASK, np.float32),
+              "pcv_fold_axes": np.array([1, 2], np.int64), "pcv_fold_keep": np.array([1, 1, 0, 1], np.int64),
+              "pcv_fold_row": np.array([0, 0, 1, 0], np.int64), "pcv_fold_keep_q": np.array([1, 1, 1, 0], np.int64),
+              "pcv_fold_col": np.array([0, 0, 0, 1], np.int64)}
+    for sm in [n for n in model.graph.node if n.op_type == "Softmax"]:
+        pre = m.producer.get(sm.input[0])
+        if pre is None or pre.op_type != "Add" or any(a.name == "axis" and a.i not in (-1, 3) for a in sm.attribute):
+            continue
+        div = next((m.parent(i, "Div") for i in pre.input if m.parent(i, "Div") is not None), None)
+        if div is None or len(m.consumers.get(pre.output[0], [])) != 1 or len(m.consumers.get(div.output[0], [])) != 1:
+            continue
+        bias = pre.input[1] if pre.input[0] == div.output[0] else pre.input[0]
+        mask_input = m.mask_from_input(bias, graph_inputs)
+        qk = m.parent(div.input[0], "MatMul")
+        c = m.const(div.input[1])
+        if mask_input is None or qk is None or c is None or c.size != 1 or len(m.consumers.get(qk.output[0], [])) != 1:
+            continue
+        q, k = qk.input
+        q_tr, k_tr = m.parent(q, "Transpose"), m.parent(k, "Transpose")
+        if q_tr is None or k_tr is None or _perm(q_tr) != [0, 2, 1, 3] or _perm(k_tr) != [0, 2, 3, 1]:
+            continue  # the (B, H, Nq, dh) and (B, H, dh, L) layouts the concats below assume
+        i = len(add)
+        if mask_input not in rows:
+            row = f"pcv_fold_row_{mask_input}"
+            add += [helper.make_node("Cast", [mask_input], [f"{row}_f"], to=onnx.TensorProto.FLOAT),
+                    helper.make_node("Sub", ["pcv_fold_one", f"{row}_f"], [f"{row}_pad"]),
+                    helper.make_node("Mul", [f"{row}_pad", "pcv_fold_mask"], [f"{row}_v"]),
+                    helper.make_node("Unsqueeze", [f"{row}_v", "pcv_fold_axes"], [row])]  # (B, 1, 1, L)
+            rows[mask_input] = row
+        p = f"pcv_fold_{i}"
+        add += [helper.make_node("Shape", [k], [f"{p}_ks"]),  # (B, H, dh, L) -> (B, H, 1, L)
+                helper.make_node("Mul", [f"{p}_ks", "pcv_fold_keep"], [f"{p}_ks0"]),
+                helper.make_node("Add", [f"{p}_ks0", "pcv_fold_row"], [f"{p}_ks1"]),
+                helper.make_node("Expand", [rows[mask_input], f"{p}_ks1"], [f"{p}_krow"]),
+                helper.make_node("Concat", [k, f"{p}_krow"], [f"{p}_k"], axis=2),
+                helper.make_node("Shape", [q], [f"{p}_qs"]),  # (B, H, Nq, dh) -> (B, H, Nq, 1)
+                helper.make_node("Mul", [f"{p}_qs", "pcv_fold_keep_q"], [f"{p}_qs0"]),
+                helper.make_node("Add", [f"{p}_qs0", "pcv_fold_col"], [f"{p}_qs1"]),
+                helper.make_node("Expand", ["pcv_fold_one", f"{p}_qs1"], [f"{p}_qcol"]),
+                helper.make_node("Concat", [q, f"{p}_qcol"], [f"{p}_q"], axis=3),
+                helper.make_node("MatMul", [f"{p}_q", f"{p}_k"], [qk.output[0]], name=f"{qk.name}_masked")]
+        remove += [qk, pre]
+        sm.input[0] = div.output[0]
+    folded = len(remove) // 2
+    if folded:
+        for name, value in consts.items():
+            om.add_initializer(onnx.numpy_helper.from_array(value, name))
+        om.remove_nodes(remove)
+        om.add_nodes(add)
+        om.prune_graph()  # the old bias chain
+        om.topological_sort()
+    return folded

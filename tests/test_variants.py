@@ -177,6 +177,50 @@ def test_cross_attention_fusion_is_exact_with_padding(tmp_path, review_texts, qk
     assert np.abs(outs[0] - outs[1]).max() < 1e-5
 
 
+@pytest.mark.parametrize("qk,v", [(None, None), (16, 32)], ids=["default-channels", "qk16-v32"])
+def test_mask_fold_is_exact_with_padding(tmp_path, review_texts, qk, v):
+    """The key-padding bias carried by the scores' MatMul gives the graph's answers, padded rows too."""
+    from pcv.export.fusion import fold_mask_into_scores
+    from pcv.export.onnx_export import save_onnx
+
+    m = tiny_model(num_latents=8, d=32, layers=1, max_length=128, qk_channels=qk, v_channels=v)
+    path, folded_path = tmp_path / "m.onnx", tmp_path / "folded.onnx"
+    export_onnx(m, path, ExportConfig(verify=False))
+    folded = onnx.load(str(path))
+    assert fold_mask_into_scores(folded) == 1  # the encoder cross-attention; the others have no mask
+    save_onnx(folded, folded_path)
+    producer = {o: n for n in folded.graph.node for o in n.output}
+    assert all(producer[sm.input[0]].op_type == "Div" for sm in folded.graph.node if sm.op_type == "Softmax")
+    enc = PerceiverByteTokenizer()(review_texts[:4], max_length=128, truncation=True, padding="max_length")
+    enc.attention_mask[1, 10:] = 0
+    enc.input_ids[1, 10:] = 0
+    outs = [OnnxClassifier(p).logits(enc.input_ids, enc.attention_mask) for p in (path, folded_path)]
+    assert np.abs(outs[0] - outs[1]).max() < 1e-5
+    with torch.no_grad():  # the padded row is the row of its unpadded text
+        alone = m(inputs=torch.from_numpy(enc.input_ids[1:2, :10])).logits.numpy()
+    assert np.abs(outs[1][1] - alone[0]).max() < 1e-4
+
+
+def test_int8_carries_the_mask_in_the_scores(src, review_texts):
+    _, path = src
+    out = variant_path(path, "int8")
+    if not out.exists():
+        build_variant("int8", path, out)
+    g = onnx.load(str(out)).graph
+    assert sum(n.name.endswith("_masked") and n.op_type == "MatMul" for n in g.node) == 1
+
+
+def test_a_mask_fold_that_changes_answers_is_refused(src, monkeypatch, tmp_path):
+    import pcv.export.fusion as fusion
+
+    monkeypatch.setattr(fusion, "FOLDED_MASK", 0.0)  # padded keys no longer masked
+    _, path = src
+    out = tmp_path / "m.int8.onnx"
+    with pytest.raises(PcvError, match="key-padding bias"):
+        build_variant("int8", path, out)
+    assert not out.exists()
+
+
 def test_calibration_stays_within_the_models_positions(src, review_texts, tmp_path):
     # Review texts longer than the model's positions must not reach ORT as longer calibration
     # batches (ORT: "indices element out of data bounds"); VariantConfig's max_length defaults to
