@@ -38,6 +38,7 @@ class BenchConfig:
     baselines: bool = True
     engine: bool = False  # also sweep session options / concurrency end to end (fp32, first provider)
     engine_repeats: int = 1  # interleaved repeats of the sweep (best is shown, all are kept)
+    repeats: int = 1  # rounds of pcv-batch end to end + baselines, interleaved: medians shown, all kept
     out: str = "bench-out"
 
 
@@ -341,18 +342,37 @@ def run_bench(cfg: BenchConfig) -> dict:
     result["flops_per_example_mean"] = (float(np.mean([flops_at(int(n)) for n in token_lengths(texts, max_length)]))
                                         if model_cfg else None)
     result["tokenizer"] = _tokenizer_speed(texts, max_length)
-    if cfg.baselines and hf_dir:
-        try:
-            result["baselines"] = baselines(hf_dir, fp32, texts, max_length)
-        except ImportError as e:
-            result["baselines"] = {"skipped": f"torch/transformers not installed: {e}"}
-        base = result["baselines"]
+    # Rounds: every pcv-batch run end to end, then the baselines; a noisy neighbour slows a round's
+    # pipelines alike, so each ratio is the median of the ratios within a round.
+    rates = {i: [run["end_to_end"]["examples_per_s"]] for i, run in enumerate(result["runs"])}
+    base_rounds: list[dict] = []
+    for k in range(max(1, cfg.repeats)):
+        if k:  # round 0's runs were measured above, with their grid and latency
+            for i, run in enumerate(result["runs"]):
+                rates[i].append(_pcv_batch_end_to_end(Path(run["model"]), run["provider"], texts, cfg)["examples_per_s"])
+        if cfg.baselines and hf_dir:
+            try:
+                base_rounds.append(baselines(hf_dir, fp32, texts, max_length))
+            except ImportError as e:
+                result["baselines"] = {"skipped": f"torch/transformers not installed: {e}"}
+                break
+    for i, run in enumerate(result["runs"]):
+        e2e = run["end_to_end"]
+        e2e["rounds_examples_per_s"], e2e["examples_per_s"] = rates[i], float(np.median(rates[i]))
+        if e2e["gflop_per_s"] is not None:  # FLOPs per second scale with the rate
+            e2e["gflop_per_s"] *= e2e["examples_per_s"] / rates[i][0]
+    if base_rounds:
+        base = result["baselines"] = base_rounds[0]
+        for key, b in base.items():
+            if "examples_per_s" in b:
+                b["rounds_examples_per_s"] = [r[key]["examples_per_s"] for r in base_rounds]
+                b["examples_per_s"] = float(np.median(b["rounds_examples_per_s"]))
         ref = base.get("reference", {}).get("labels")
-        for run in result["runs"]:
+        for i, run in enumerate(result["runs"]):
             e2e = run["end_to_end"]
             for key in ("reference", "eager_dynamic", "optimum"):
                 if "examples_per_s" in base.get(key, {}):
-                    e2e[f"x_vs_{key}"] = e2e["examples_per_s"] / base[key]["examples_per_s"]
+                    e2e[f"x_vs_{key}"] = float(np.median([a / b for a, b in zip(rates[i], base[key]["rounds_examples_per_s"])]))
             if ref is not None:
                 e2e["label_agreement_vs_reference"] = float(np.mean(np.array(e2e["labels"]) == np.array(ref)))
     return result
@@ -368,6 +388,10 @@ def markdown(result: dict) -> str:
              + (f"mean {result['flops_per_example_mean'] / 1e9:.2f} GFLOP/example (sizes from {result.get('flops_from')})."
                 if result["flops_per_example_mean"] is not None else f"FLOPs {result.get('flops_from')}."), ""]
     base = result.get("baselines", {})
+    rounds = result["config"].get("repeats", 1)
+    if rounds > 1:
+        lines += [f"End to end: medians of {rounds} interleaved rounds (every pipeline once per round); each ratio is "
+                  "the median of its rounds' ratios.", ""]
     lines += ["| pipeline | provider | ex/s | × reference | × eager dynamic | × Optimum | GFLOP/s | agreement |", "|---|---|---|---|---|---|---|---|"]
     for key in ("reference", "eager_dynamic", "optimum"):
         b = base.get(key)

@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--engine", action="store_true", help="also sweep session settings (spinning, threads x concurrent runs) "
                    "end to end at each --batch-sizes")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="interleaved rounds of the end-to-end runs and baselines: medians shown, ratios paired per round")
     p.add_argument("--engine-repeats", type=int, default=1, help="interleaved repeats of the --engine sweep (best shown)")
     p.add_argument("--quick", action="store_true", help="small grid and few texts: a CI smoke test")
     p.add_argument("--out", default="bench-out")
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = BenchConfig(model=a.model, hf_model=a.hf_model, variants=tuple(a.variants), providers=a.providers,
                       batch_sizes=_ints(a.batch_sizes), seq_lens=_ints(a.seq_lens), data=a.data, limit=a.limit,
                       threads=a.threads, latency_runs=a.latency_runs, batch_size=a.batch_size, baselines=not a.no_baselines,
-                      engine=a.engine, engine_repeats=a.engine_repeats, out=a.out)
+                      engine=a.engine, engine_repeats=a.engine_repeats, repeats=a.repeats, out=a.out)
     if a.quick:
         from dataclasses import replace
 

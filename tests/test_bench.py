@@ -119,3 +119,18 @@ def test_bench_counts_flops_of_an_onnx_without_its_hf_dir(tmp_path, tiny_dir, re
     res = json.loads(text, parse_constant=lambda c: pytest.fail(f"bench.json holds {c}"))
     assert res["flops_per_example_mean"] is None and res["runs"][0]["end_to_end"]["gflop_per_s"] is None
     assert "FLOPs unknown" in (tmp_path / "b" / "bench.md").read_text()
+
+
+def test_repeats_pair_each_ratio_within_its_round(tmp_path, tiny_dir, reviews):
+    data = tmp_path / "r.jsonl"
+    data.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in reviews[:8]))
+    out = tmp_path / "bench"
+    assert main(["--quick", "--repeats", "3", "--model", str(tiny_dir / "model.onnx"), "--data", str(data), "--out", str(out),
+                 "--providers", "cpu"]) == 0
+    res = json.loads((out / "bench.json").read_text())
+    e2e, ref = res["runs"][0]["end_to_end"], res["baselines"]["reference"]
+    assert len(e2e["rounds_examples_per_s"]) == len(ref["rounds_examples_per_s"]) == 3
+    assert e2e["examples_per_s"] == sorted(e2e["rounds_examples_per_s"])[1]
+    pairs = sorted(a / b for a, b in zip(e2e["rounds_examples_per_s"], ref["rounds_examples_per_s"]))
+    assert e2e["x_vs_reference"] == pytest.approx(pairs[1])
+    assert "medians of 3 interleaved rounds" in (out / "bench.md").read_text()
