@@ -307,6 +307,8 @@ def model_architecture(onnx_path: Path, hf_dir: str | None) -> tuple[dict | None
 
 
 def run_bench(cfg: BenchConfig) -> dict:
+    if cfg.repeats < 1:
+        raise ValueError(f"BenchConfig.repeats={cfg.repeats}: at least 1")
     fp32 = resolve_model(cfg.model)
     hf_dir = cfg.hf_model or (str(fp32.parent) if (fp32.parent / "config.json").is_file() else None)
     texts, t_read = _read_texts(cfg.data, cfg.limit)
@@ -345,34 +347,40 @@ def run_bench(cfg: BenchConfig) -> dict:
     # Rounds: every pcv-batch run end to end, then the baselines; a noisy neighbour slows a round's
     # pipelines alike, so each ratio is the median of the ratios within a round.
     rates = {i: [run["end_to_end"]["examples_per_s"]] for i, run in enumerate(result["runs"])}
-    base_rounds: list[dict] = []
-    for k in range(max(1, cfg.repeats)):
+    base_rounds: list[dict] = []  # one baselines() result per round that ran them
+    want_baselines = cfg.baselines and hf_dir is not None
+    for k in range(cfg.repeats):
         if k:  # round 0's runs were measured above, with their grid and latency
             for i, run in enumerate(result["runs"]):
                 rates[i].append(_pcv_batch_end_to_end(Path(run["model"]), run["provider"], texts, cfg)["examples_per_s"])
-        if cfg.baselines and hf_dir:
+        if want_baselines:
             try:
                 base_rounds.append(baselines(hf_dir, fp32, texts, max_length))
             except ImportError as e:
                 result["baselines"] = {"skipped": f"torch/transformers not installed: {e}"}
-                break
+                want_baselines = False  # the pcv-batch rounds go on
+    result["rounds"] = cfg.repeats
+    n = len(texts)
     for i, run in enumerate(result["runs"]):
         e2e = run["end_to_end"]
-        e2e["rounds_examples_per_s"], e2e["examples_per_s"] = rates[i], float(np.median(rates[i]))
-        if e2e["gflop_per_s"] is not None:  # FLOPs per second scale with the rate
-            e2e["gflop_per_s"] *= e2e["examples_per_s"] / rates[i][0]
+        median = float(np.median(rates[i]))
+        scale = median / rates[i][0]  # round 0's totals, rescaled to the median rate
+        e2e.update(rounds_examples_per_s=rates[i], examples_per_s=median, seconds=n / median, bytes_per_s=e2e["bytes_per_s"] * scale)
+        if e2e["gflop_per_s"] is not None:
+            e2e["gflop_per_s"] *= scale
     if base_rounds:
         base = result["baselines"] = base_rounds[0]
         for key, b in base.items():
-            if "examples_per_s" in b:
-                b["rounds_examples_per_s"] = [r[key]["examples_per_s"] for r in base_rounds]
-                b["examples_per_s"] = float(np.median(b["rounds_examples_per_s"]))
+            if "examples_per_s" in b:  # None for a round where this baseline could not run
+                b["rounds_examples_per_s"] = [r.get(key, {}).get("examples_per_s") for r in base_rounds]
+                b["examples_per_s"] = float(np.median([x for x in b["rounds_examples_per_s"] if x is not None]))
         ref = base.get("reference", {}).get("labels")
         for i, run in enumerate(result["runs"]):
             e2e = run["end_to_end"]
             for key in ("reference", "eager_dynamic", "optimum"):
                 if "examples_per_s" in base.get(key, {}):
-                    e2e[f"x_vs_{key}"] = float(np.median([a / b for a, b in zip(rates[i], base[key]["rounds_examples_per_s"])]))
+                    pairs = [a / b for a, b in zip(rates[i], base[key]["rounds_examples_per_s"]) if b is not None]
+                    e2e[f"x_vs_{key}"] = float(np.median(pairs))
             if ref is not None:
                 e2e["label_agreement_vs_reference"] = float(np.mean(np.array(e2e["labels"]) == np.array(ref)))
     return result
@@ -388,7 +396,7 @@ def markdown(result: dict) -> str:
              + (f"mean {result['flops_per_example_mean'] / 1e9:.2f} GFLOP/example (sizes from {result.get('flops_from')})."
                 if result["flops_per_example_mean"] is not None else f"FLOPs {result.get('flops_from')}."), ""]
     base = result.get("baselines", {})
-    rounds = result["config"].get("repeats", 1)
+    rounds = result.get("rounds", 1)
     if rounds > 1:
         lines += [f"End to end: medians of {rounds} interleaved rounds (every pipeline once per round); each ratio is "
                   "the median of its rounds' ratios.", ""]

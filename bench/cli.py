@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ray", metavar="ACTORS", help="instead: pcv-batch --engine ray with these actor counts (e.g. 1,2) "
                    "against the local engine on --data cycled to --limit records (pip install \"pcv[ray]\")")
     a = show_defaults(p).parse_args(argv)
+    if a.repeats < 1 or a.engine_repeats < 1:
+        p.error("--repeats and --engine-repeats: at least 1")
     if a.ray:
         from .cluster import ClusterBenchConfig, run_cluster_bench
 

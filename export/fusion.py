@@ -163,6 +163,28 @@ def fuse_cross_attention(model: onnx.ModelProto) -> int:
 # Any value far below real scores works (exp underflows to 0 in fp32 past ~-104); this one also
 # fits float16 (max 65504) and stays below -400 after a scale of c = 64 (head size 4,096).
 FOLDED_MASK = -30000.0
+HARD_MASK = -1e4  # a bias whose padded keys score this or lower (transformers: dtype min) is a hard mask
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _hard_mask(m: _Matcher, bias: str) -> bool:
+    """Whether the bias chain (MASK_OPS from the mask input) multiplies by a constant <= HARD_MASK."""
+    todo, seen = [bias], set()
+    while todo:
+        node = m.producer.get(todo.pop())
+        if node is None or node.name in seen or node.op_type not in MASK_OPS:
+            continue
+        seen.add(node.name)
+        if node.op_type == "Mul":
+            for i in node.input:
+                value = m.const(i)
+                if value is not None and value.size == 1 and float(value.reshape(-1)[0]) <= HARD_MASK:
+                    return True
+        todo.extend(i for i in node.input if i)
+    return False
 
 
 def fold_mask_into_scores(model: onnx.ModelProto) -> int:
@@ -176,11 +198,17 @@ def fold_mask_into_scores(model: onnx.ModelProto) -> int:
 
     The product gains one term per score, exactly 0 for a real key, so real scores are unchanged,
     and the Add — a pass over the (B, H, Nq, L) score map, for the byte-side cross-attention over
-    heads × latents × bytes — is gone. Padded keys get probability 0 as before (exp underflows).
-    For CPU graphs: it hides the attention from fuse_cross_attention, which GPU variants need.
+    heads × latents × bytes — is gone. Padded keys get probability 0 as before (exp underflows) in
+    every row with a real key (pcv's tokenizer always gives [CLS] and [SEP]); a row of padding only
+    attends by the pads' own scores, as ORT's MultiHeadAttention does, not uniformly.
+    Only a hard mask is folded (its bias multiplies by a constant at or below HARD_MASK), only in a
+    float32 graph, and only at opset 13 or later (Unsqueeze's axes as an input). For CPU graphs: it
+    hides the attention from fuse_cross_attention, which the optimized variant needs.
     """
     from onnxruntime.transformers.onnx_model import OnnxModel
 
+    if _default_opset(model) < 13:
+        return 0
     om = OnnxModel(model)
     m = _Matcher(om)
     graph_inputs = {i.name for i in model.graph.input}
@@ -204,6 +232,8 @@ def fold_mask_into_scores(model: onnx.ModelProto) -> int:
         c = m.const(div.input[1])
         if mask_input is None or qk is None or c is None or c.size != 1 or len(m.consumers.get(qk.output[0], [])) != 1:
             continue
+        if c.dtype != np.float32 or not _hard_mask(m, bias):
+            continue  # the fold's constants are float32; a soft bias is not a mask to drop
         q, k = qk.input
         q_tr, k_tr = m.parent(q, "Transpose"), m.parent(k, "Transpose")
         if q_tr is None or k_tr is None or _perm(q_tr) != [0, 2, 1, 3] or _perm(k_tr) != [0, 2, 3, 1]:

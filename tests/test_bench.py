@@ -134,3 +134,23 @@ def test_repeats_pair_each_ratio_within_its_round(tmp_path, tiny_dir, reviews):
     pairs = sorted(a / b for a, b in zip(e2e["rounds_examples_per_s"], ref["rounds_examples_per_s"]))
     assert e2e["x_vs_reference"] == pytest.approx(pairs[1])
     assert "medians of 3 interleaved rounds" in (out / "bench.md").read_text()
+
+
+def test_repeats_go_on_without_the_torch_baselines(tmp_path, tiny_dir, reviews, monkeypatch):
+    import pcv.bench.bench as bench
+
+    def missing(*args, **kwargs):
+        raise ImportError("no torch here")
+
+    monkeypatch.setattr(bench, "baselines", missing)
+    data = tmp_path / "r.jsonl"
+    data.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in reviews[:8]))
+    out = tmp_path / "bench"
+    assert main(["--quick", "--repeats", "2", "--model", str(tiny_dir / "model.onnx"), "--data", str(data), "--out", str(out),
+                 "--providers", "cpu"]) == 0
+    res = json.loads((out / "bench.json").read_text())
+    assert "not installed" in res["baselines"]["skipped"]
+    e2e = res["runs"][0]["end_to_end"]
+    assert len(e2e["rounds_examples_per_s"]) == 2 and e2e["seconds"] == pytest.approx(len(reviews[:8]) / e2e["examples_per_s"])
+    with pytest.raises(SystemExit):
+        main(["--repeats", "0"])

@@ -210,6 +210,33 @@ def test_int8_carries_the_mask_in_the_scores(src, review_texts):
     assert sum(n.name.endswith("_masked") and n.op_type == "MatMul" for n in g.node) == 1
 
 
+def test_the_fold_leaves_soft_biases_and_old_opsets_alone(tmp_path, review_texts):
+    from pcv.export.fusion import fold_mask_into_scores
+
+    m = tiny_model(num_latents=8, d=32, layers=1, max_length=128)
+    path = tmp_path / "m.onnx"
+    export_onnx(m, path, ExportConfig(verify=False))
+    soft = onnx.load(str(path))
+    for init in soft.graph.initializer:  # the bias's dtype-min factor -> -10: a soft bias, not a mask
+        value = onnx.numpy_helper.to_array(init)
+        if value.size == 1 and value.dtype == np.float32 and value.item() < -1e30:
+            init.CopyFrom(onnx.numpy_helper.from_array(np.asarray(-10.0, np.float32).reshape(value.shape), init.name))
+    for node in soft.graph.node:
+        for a in node.attribute:
+            if node.op_type == "Constant" and a.t.data_type == onnx.TensorProto.FLOAT:
+                value = onnx.numpy_helper.to_array(a.t)
+                if value.size == 1 and value.item() < -1e30:
+                    a.t.CopyFrom(onnx.numpy_helper.from_array(np.asarray(-10.0, np.float32).reshape(value.shape)))
+    assert fold_mask_into_scores(soft) == 0
+    old = tmp_path / "m12.onnx"
+    export_onnx(m, old, ExportConfig(verify=False, opset=12))
+    assert fold_mask_into_scores(onnx.load(str(old))) == 0
+    rep = build_variant("int8", old, variant_path(old, "int8"))  # still builds, unfolded
+    assert "folded into 0" in rep.format()
+    enc = PerceiverByteTokenizer()(review_texts[:2], max_length=128, truncation=True, padding="max_length")
+    assert OnnxClassifier(rep.path).logits(enc.input_ids, enc.attention_mask).shape == (2, 2)
+
+
 def test_a_mask_fold_that_changes_answers_is_refused(src, monkeypatch, tmp_path):
     import pcv.export.fusion as fusion
 
