@@ -3,10 +3,12 @@
 # onnxruntime offers and what each session really runs on, run the GPU tests, then the benchmark
 # (ONNX Runtime's CUDA provider against torch on the same GPU and against the CPU).
 #   bash bench/gpu_check.sh [OUT_DIR] [WHEEL]
-# OUT_DIR (default gpu-check) gets providers.json, sessions.json, pytest-gpu.txt and bench/ (JSON,
-# markdown, plots). WHEEL: an onnxruntime-gpu wheel to install if CUDAExecutionProvider is missing,
-# or its parts (WHEEL.part-aa, WHEEL.part-ab, ...: joined first). QUICK=1: a short benchmark, for a
-# dry run; DATA=FILE: the reviews to benchmark on (default: the 200 in tests/fixtures). Rerunning
+# OUT_DIR (default gpu-check) gets providers.json, sessions.json, pytest-gpu.txt, bench/ (JSON,
+# markdown, plots) and gpu/ (python -m pcv.bench.gpu: torch on the GPU against the CUDA provider).
+# WHEEL: an onnxruntime-gpu wheel to install if CUDAExecutionProvider is missing, or its parts
+# (WHEEL.part-aa, WHEEL.part-ab, ...: joined first). QUICK=1: a short benchmark, for a dry run;
+# DATA=FILE: the reviews to benchmark on (default: the 200 in tests/fixtures); MODELS=bundled: leave
+# the 201M architecture out of gpu/. Rerunning
 # is safe: a step whose output exists is skipped (delete OUT_DIR to measure again). On a machine
 # without a GPU every step runs as far as it can and says what it skipped.
 set -euo pipefail
@@ -69,6 +71,18 @@ if [[ ! -f $OUT/bench/bench.json ]]; then
   else
     pcv-bench --providers cuda,cpu --data "$DATA" --limit 200 --batch-sizes 1,8,64,256 --seq-lens 2048 \
       --latency-runs 20 --out "$OUT/bench"
+  fi
+fi
+# torch eager on the GPU against onnxruntime's CUDA provider, per variant and IO binding, for the
+# bundled model and the 201M architecture (MODELS=bundled to leave the big one out); on a machine
+# without CUDA, a dry run on the CPU (quick, the tiny model).
+if [[ ! -f $OUT/gpu/gpu.json ]]; then
+  if has_cuda && [[ ${QUICK:-0} != 1 ]]; then
+    python3 -m pcv.bench.gpu --out "$OUT/gpu" --device cuda --data "$DATA" --models "${MODELS:-bundled,language-perceiver}"
+  elif has_cuda; then
+    python3 -m pcv.bench.gpu --out "$OUT/gpu" --device cuda --data "$DATA" --quick
+  else
+    python3 -m pcv.bench.gpu --out "$OUT/gpu" --device cpu --data "$DATA" --quick
   fi
 fi
 echo "gpu_check: results in $OUT/"

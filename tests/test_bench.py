@@ -154,3 +154,23 @@ def test_repeats_go_on_without_the_torch_baselines(tmp_path, tiny_dir, reviews, 
     assert len(e2e["rounds_examples_per_s"]) == 2 and e2e["seconds"] == pytest.approx(len(reviews[:8]) / e2e["examples_per_s"])
     with pytest.raises(SystemExit):
         main(["--repeats", "0"])
+
+
+def test_gpu_bench_dry_run_on_the_cpu(tmp_path, reviews):
+    """python -m pcv.bench.gpu runs every step a CPU can and says what it skipped (no timing asserts)."""
+    from pcv.bench.gpu import main as gpu_main
+
+    data = tmp_path / "r.jsonl"
+    data.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in reviews[:20]))
+    assert gpu_main(["--out", str(tmp_path / "g"), "--device", "cpu", "--quick", "--data", str(data)]) == 0
+    res = json.loads((tmp_path / "g" / "gpu.json").read_text())
+    tiny = res["models"]["tiny"]
+    ort_rows = {r["pipeline"]: r for r in tiny["onnxruntime"]}
+    assert len(ort_rows) == 6 and not any("skipped" in r for r in ort_rows.values())  # 3 variants x IO binding on/off
+    assert all(r["session_providers"][0] == "CPUExecutionProvider" and r["label_agreement_vs_cpu_fp32"] == 1.0
+               for r in ort_rows.values())
+    assert [r["pipeline"] for r in tiny["torch"]] == ["torch eager fp32", "torch eager fp16"]
+    assert "skipped" in tiny["torch"][1] and "skipped" in tiny["tf32_parity"]
+    assert tiny["pcv_batch"]["exit"] == 0 and "provider cpu" in tiny["pcv_batch"]["first_stderr_line"]
+    assert "torch" in res["machine"] and "onnxruntime cpu optimized-fp16" in (tmp_path / "g" / "gpu.md").read_text()
+    assert gpu_main(["--out", str(tmp_path / "h"), "--device", "tensorrt"]) == 2

@@ -61,3 +61,14 @@ def test_fp16_variant_on_cuda_against_torch(tmp_path, review_texts):
     got = OnnxClassifier(fp16, SessionConfig(provider="cuda")).logits(enc.input_ids, enc.attention_mask)
     assert np.abs(got - ref).max() <= 1e-2
     assert (got.argmax(1) == ref.argmax(1)).mean() == 1.0
+
+
+def test_gpu_bench_runs_on_cuda(tmp_path):
+    pytest.importorskip("torch")
+    from pcv.bench.gpu import main as gpu_main
+
+    assert gpu_main(["--out", str(tmp_path), "--device", "cuda", "--quick"]) == 0
+    res = json.loads((tmp_path / "gpu.json").read_text())
+    rows = res["models"]["tiny"]["onnxruntime"]
+    assert all(r["session_providers"][0] == "CUDAExecutionProvider" for r in rows)
+    assert "use_tf32=0" in res["models"]["tiny"]["tf32_parity"] and res["machine"]["gpu"]
