@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-lens", default="256,1024,2048")
     p.add_argument("--data", default="examples/reviews.jsonl", help="reviews with their real length distribution")
     p.add_argument("--limit", type=int, default=256)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help="intra-op threads per session (default: pcv-batch's per provider)")
     p.add_argument("--latency-runs", type=int, default=30)
     p.add_argument("--batch-size", type=int, help="pcv-batch's batch size end to end (default: pcv-batch's for the provider)")
-    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--no-baselines", action="store_true", help="skip the torch and Optimum baselines")
     p.add_argument("--engine", action="store_true", help="also sweep session settings (spinning, threads x concurrent runs) "
                    "end to end at each --batch-sizes")
     p.add_argument("--repeats", type=int, default=1,

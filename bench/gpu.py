@@ -44,7 +44,7 @@ class GpuBenchConfig:
     batch_sizes: tuple[int, ...] = (1, 8, 64, 256)
     texts_per_point: int = 512  # texts run at each batch size (the data cycled), at least 2 batches
     latency_runs: int = 50  # batch-1 runs timed one by one for p50/p99
-    data: str = "tests/fixtures/reviews.jsonl"  # real reviews (cycled as needed)
+    data: str = "tests/fixtures/reviews.jsonl"  # real reviews (cycled as needed); the CLI finds it from anywhere
     e2e_records: int = 2000  # pcv-batch --provider DEVICE end to end on this many records of data
 
 
@@ -349,18 +349,25 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+# The test fixture's 200 real reviews, found from any working directory of a checkout.
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "reviews.jsonl"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pcv.runtime.console import show_defaults
+
     p = argparse.ArgumentParser(prog="python -m pcv.bench.gpu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for gpu.json and gpu.md")
-    p.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run (default: cuda)")
+    p.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run")
     p.add_argument("--models", default="bundled,language-perceiver", help=f"comma-separated, from {', '.join(MODELS)}")
-    p.add_argument("--data", default="tests/fixtures/reviews.jsonl", help="real reviews, cycled as needed")
-    p.add_argument("--e2e-records", type=int, default=2000, help="pcv-batch end to end on this many records (default: 2000)")
-    p.add_argument("--batch-sizes", default="1,8,64,256", help="(default: 1,8,64,256)")
-    p.add_argument("--texts-per-point", type=int, default=512, help="texts run at each batch size (default: 512)")
-    p.add_argument("--quick", action="store_true", help="the tiny model, batch 1 and 8, few texts: a dry run in seconds")
-    a = p.parse_args(argv)
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="real reviews, cycled as needed")
+    p.add_argument("--e2e-records", type=int, default=2000, help="pcv-batch end to end on this many records")
+    p.add_argument("--batch-sizes", default="1,8,64,256")
+    p.add_argument("--texts-per-point", type=int, default=512, help="texts run at each batch size")
+    p.add_argument("--quick", action="store_true", help="a dry run in seconds: the tiny model instead of --models, batch "
+                   "1 and 8 instead of --batch-sizes, 16 texts per point, 5 latency runs, at most 50 records end to end")
+    a = show_defaults(p).parse_args(argv)
     cfg = GpuBenchConfig(out=a.out, device=a.device, models=tuple(a.models.split(",")), data=a.data, e2e_records=a.e2e_records,
                          batch_sizes=tuple(int(b) for b in a.batch_sizes.split(",")), texts_per_point=a.texts_per_point)
     if a.quick:

@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [profile(m, texts, a.threads) for m in a.models]
     print(markdown(results))
     if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
     return 0
