@@ -89,8 +89,7 @@ def _texts(path: str, n: int) -> list[str]:
 
 
 def _torch_model(name: str):
-    from pcv.export.modeling import build_config, load_classifier
-    from pcv.export.sizes import SIZE_PRESETS
+    from pcv.export import SIZE_PRESETS, build_config, load_classifier
     from transformers import PerceiverForSequenceClassification
 
     if name == "bundled":
@@ -104,8 +103,7 @@ def _torch_model(name: str):
 
 def build_onnx(model, work: Path) -> dict[str, Path]:
     """fp32 export, its fp16 variant, and fp16 of its optimized (fused) variant."""
-    from pcv.export.onnx_export import ExportConfig, export_onnx
-    from pcv.export.variants import build_variant
+    from pcv.export import ExportConfig, build_variant, export_onnx
 
     paths = {"fp32": work / "m.onnx", "fp16": work / "m.fp16.onnx", "optimized": work / "m.optimized.onnx",
              "optimized-fp16": work / "m.optimized.fp16.onnx"}
@@ -121,12 +119,12 @@ def _fused_fp16(src: Path, out: Path) -> None:
     SkipLayerNormalization, ...) take fp16 whole, where the fp16 variant's block list would split them."""
     import onnx
     from onnxruntime.transformers.onnx_model import OnnxModel
-    from pcv.export.variants import _finish
+    from pcv.export import finish_variant
 
     om = OnnxModel(onnx.load(str(src)))
     om.convert_float_to_float16(keep_io_types=True)
     om.topological_sort()
-    _finish(om.model, src, out, "fp16", {"pcv.fp16_of": "optimized"})
+    finish_variant(om.model, src, out, "fp16", {"pcv.fp16_of": "optimized"})
 
 
 def _latency(run, inputs: list, device: str) -> dict:

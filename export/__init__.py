@@ -15,7 +15,7 @@ _API = {
     "build_config": "modeling", "build_classifier": "modeling",
     "has_ngrams": "ngrams", "with_ngram_head": "ngrams", "load_classifier": "modeling", "model_size": "modeling",
     "IMDB_LABELS": "modeling", "ExportConfig": "onnx_export", "export_onnx": "onnx_export",
-    "VARIANTS": "variants", "VariantConfig": "variants", "build_variant": "variants",
+    "VARIANTS": "variants", "VariantConfig": "variants", "build_variant": "variants", "finish_variant": "variants",
     "TOLERANCES": "check", "labelled_texts": "check", "torch_logits": "check", "onnx_logits": "check",
 }
 __all__ = sorted(_API)

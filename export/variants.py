@@ -61,7 +61,9 @@ def op_counts(model: onnx.ModelProto) -> Counter:
     return Counter(n.op_type for n in model.graph.node)
 
 
-def _finish(proto: onnx.ModelProto, src: Path, out: Path, kind: str, extra: dict[str, str] | None = None) -> None:
+def finish_variant(proto: onnx.ModelProto, src: Path, out: Path, kind: str, extra: dict[str, str] | None = None) -> None:
+    """Write a variant of src: contrib-op domains declared, kind and provenance in its metadata, the
+    digest recorded (save_onnx), the ONNX checker passed."""
     domains = {n.domain for n in proto.graph.node if n.domain} - {o.domain for o in proto.opset_import}
     for d in sorted(domains):  # ORT contrib ops need their domain declared for the checker
         proto.opset_import.append(onnx.helper.make_opsetid(d, 1))
@@ -105,7 +107,7 @@ def build_optimized(src: Path, out: Path, cfg: VariantConfig) -> VariantReport:
     if not fused:
         raise PcvError(f"{src}: no fusion applied by onnxruntime's optimizer; not writing an 'optimized' variant")
     _copy_metadata(base, proto)
-    _finish(proto, src, out, "optimized", {"pcv.fused": json.dumps(fused)})
+    finish_variant(proto, src, out, "optimized", {"pcv.fused": json.dumps(fused)})
     _verify_same(src, out, tolerance=1e-4)  # fusions must not change answers: padded rows included
     notes = [f"{len(base.graph.node)} -> {len(proto.graph.node)} nodes"]
     if after.get("Softmax", 0):
@@ -144,7 +146,7 @@ def build_fp16(src: Path, out: Path, cfg: VariantConfig) -> VariantReport:
     proto = convert_float_to_float16(base, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
     OnnxModel(proto).topological_sort()  # the converter appends its Cast nodes out of order
     _copy_metadata(base, proto)
-    _finish(proto, src, out, "fp16")
+    finish_variant(proto, src, out, "fp16")
     casts = op_counts(proto)["Cast"]
     return VariantReport("fp16", out, {}, [f"{casts} Cast nodes at fp16/fp32 borders", f"kept fp32: {', '.join(FP16_KEEP_FP32[:4])}, ..."])
 
@@ -227,7 +229,7 @@ def build_int8(src: Path, out: Path, cfg: VariantConfig) -> VariantReport:
     fused = {op: counts[op] for op in ("DynamicQuantizeMatMul", "MatMulInteger", "QAttention") if counts[op]}
     if not fused:
         raise PcvError(f"{src}: dynamic quantization quantized nothing")
-    _finish(proto, src, out, "int8", {INT8_BITS_KEY: str(bits)})
+    finish_variant(proto, src, out, "int8", {INT8_BITS_KEY: str(bits)})
     weights = ("8-bit weights (" + why + "; on a CPU without VNNI, export with --int8-weights 7bit)" if bits == 8 else
                "7-bit weights (reduce_range: no saturation on CPUs without VNNI; " + why + ")")
     return VariantReport("int8", out, fused, [weights, f"{counts['MatMul']} MatMul left in float (the byte-side "
@@ -288,7 +290,7 @@ def build_int8_static(src: Path, out: Path, cfg: VariantConfig) -> VariantReport
     counts = op_counts(proto)
     if not counts["QuantizeLinear"]:
         raise PcvError(f"{src}: static quantization inserted no QuantizeLinear nodes")
-    _finish(proto, src, out, "int8-static", {"pcv.calibration_texts": str(len(texts))})
+    finish_variant(proto, src, out, "int8-static", {"pcv.calibration_texts": str(len(texts))})
     return VariantReport("int8-static", out, {"QuantizeLinear": counts["QuantizeLinear"], "DequantizeLinear": counts["DequantizeLinear"]},
                          [f"calibrated on {len(texts)} texts", f"per-channel={cfg.per_channel}",
                           f"{len(act_products)} activation x activation, {len(decoder)} decoder and {len(byte_side)} byte-side "
@@ -325,7 +327,7 @@ def build_tensorrt(src: Path, out: Path, cfg: VariantConfig) -> VariantReport:
     names = tuple(i.name for i in base.graph.input)
     cache = cfg.trt_cache_dir or str(out.parent / (out.stem + ".trt_cache"))
     opts = trt_provider_options(cfg.max_length, cfg.batch_size, fp16=cfg.trt_fp16, cache_dir=cache, names=names)  # type: ignore[arg-type]
-    _finish(base, src, out, "tensorrt", {"pcv.trt_options": json.dumps(opts)})
+    finish_variant(base, src, out, "tensorrt", {"pcv.trt_options": json.dumps(opts)})
     sess = ort.InferenceSession(str(out), providers=[("TensorrtExecutionProvider", opts), "CUDAExecutionProvider"])
     ids = np.full((1, 16), 10, dtype=np.int64)
     sess.run(None, dict(zip(names, (ids, np.ones_like(ids)))))  # builds and caches the engine
