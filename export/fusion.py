@@ -70,9 +70,9 @@ class _Matcher:
             return None
         return [tr, rs], add.output[0], int(shape[2]), int(shape[3])
 
-    def mask_from_input(self, name: str, graph_inputs: set[str]) -> str | None:
-        """The graph input a mask bias is computed from, if only MASK_OPS lie in between."""
-        todo, seen, found = [name], set(), None
+    def mask_chain(self, name: str, graph_inputs: set[str]) -> tuple[str, list[onnx.NodeProto]] | None:
+        """The graph input a mask bias is computed from and the nodes in between, if they are MASK_OPS only."""
+        todo, seen, found = [name], [], None
         while todo:
             cur = todo.pop()
             if cur in graph_inputs:
@@ -83,11 +83,20 @@ class _Matcher:
                 continue  # an initializer or constant
             if node.op_type == "Constant":
                 continue
-            if node.op_type not in MASK_OPS or node.name in seen:
+            if node.op_type not in MASK_OPS or node in seen:
                 return None
-            seen.add(node.name)
+            seen.append(node)
             todo.extend(i for i in node.input if i)
-        return found if found != "ambiguous" else None
+        return (found, seen) if found not in (None, "ambiguous") else None
+
+    def mask_bias(self, add: onnx.NodeProto, graph_inputs: set[str]) -> tuple[onnx.NodeProto, str, list[onnx.NodeProto]] | None:
+        """Add(Div(scores, c), bias) with the bias computed from a graph input through MASK_OPS only:
+        (the Div, that input, the bias's nodes)."""
+        div = next((self.parent(i, "Div") for i in add.input if self.parent(i, "Div") is not None), None)
+        if div is None:
+            return None
+        chain = self.mask_chain(add.input[1] if add.input[0] == div.output[0] else add.input[0], graph_inputs)
+        return None if chain is None else (div, *chain)
 
 
 def fuse_cross_attention(model: onnx.ModelProto) -> int:
@@ -116,13 +125,10 @@ def fuse_cross_attention(model: onnx.ModelProto) -> int:
         mask_nodes: list[onnx.NodeProto] = []
         pre = m.producer.get(sm.input[0])
         if pre is not None and pre.op_type == "Add":
-            div = next((m.parent(i, "Div") for i in pre.input if m.parent(i, "Div") is not None), None)
-            if div is None:
+            masked = m.mask_bias(pre, graph_inputs)
+            if masked is None:
                 continue
-            bias = pre.input[1] if pre.input[0] == div.output[0] else pre.input[0]
-            mask_input = m.mask_from_input(bias, graph_inputs)
-            if mask_input is None:
-                continue
+            div, mask_input, _ = masked
             mask_nodes = [pre]
         else:
             div = m.parent(sm.input[0], "Div")
@@ -170,20 +176,14 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _hard_mask(m: _Matcher, bias: str) -> bool:
-    """Whether the bias chain (MASK_OPS from the mask input) multiplies by a constant <= HARD_MASK."""
-    todo, seen = [bias], set()
-    while todo:
-        node = m.producer.get(todo.pop())
-        if node is None or node.name in seen or node.op_type not in MASK_OPS:
-            continue
-        seen.add(node.name)
+def _hard_mask(bias_nodes: list[onnx.NodeProto], m: _Matcher) -> bool:
+    """Whether a mask bias's nodes (mask_chain) multiply by a constant <= HARD_MASK."""
+    for node in bias_nodes:
         if node.op_type == "Mul":
             for i in node.input:
                 value = m.const(i)
                 if value is not None and value.size == 1 and float(value.reshape(-1)[0]) <= HARD_MASK:
                     return True
-        todo.extend(i for i in node.input if i)
     return False
 
 
@@ -223,16 +223,17 @@ def fold_mask_into_scores(model: onnx.ModelProto) -> int:
         pre = m.producer.get(sm.input[0])
         if pre is None or pre.op_type != "Add" or any(a.name == "axis" and a.i not in (-1, 3) for a in sm.attribute):
             continue
-        div = next((m.parent(i, "Div") for i in pre.input if m.parent(i, "Div") is not None), None)
-        if div is None or len(m.consumers.get(pre.output[0], [])) != 1 or len(m.consumers.get(div.output[0], [])) != 1:
+        masked = m.mask_bias(pre, graph_inputs)
+        if masked is None:
             continue
-        bias = pre.input[1] if pre.input[0] == div.output[0] else pre.input[0]
-        mask_input = m.mask_from_input(bias, graph_inputs)
+        div, mask_input, bias_nodes = masked
+        if len(m.consumers.get(pre.output[0], [])) != 1 or len(m.consumers.get(div.output[0], [])) != 1:
+            continue
         qk = m.parent(div.input[0], "MatMul")
         c = m.const(div.input[1])
-        if mask_input is None or qk is None or c is None or c.size != 1 or len(m.consumers.get(qk.output[0], [])) != 1:
+        if qk is None or c is None or c.size != 1 or len(m.consumers.get(qk.output[0], [])) != 1:
             continue
-        if c.dtype != np.float32 or not _hard_mask(m, bias):
+        if c.dtype != np.float32 or not _hard_mask(bias_nodes, m):
             continue  # the fold's constants are float32; a soft bias is not a mask to drop
         q, k = qk.input
         q_tr, k_tr = m.parent(q, "Transpose"), m.parent(k, "Transpose")
