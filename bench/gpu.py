@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 from pcv.runtime.errors import PcvError
-from pcv.runtime.readers import ReaderConfig, read_records
 from pcv.runtime.session import PROVIDERS, OnnxClassifier, SessionConfig, default_model_path
 from pcv.runtime.tokenizer import PerceiverByteTokenizer
+
+from .bench import _read_texts
+from .memory import _write_input
 
 # --models: name -> what it is
 MODELS = {
@@ -82,7 +84,7 @@ def gpu_info() -> dict:
 
 
 def _texts(path: str, n: int) -> list[str]:
-    got = [r.text for r in read_records(path, ReaderConfig()) if r.text is not None]
+    got, _ = _read_texts(path, n)
     if not got:
         raise PcvError(f"{path}: no texts to benchmark on")
     return [got[i % len(got)] for i in range(n)]
@@ -280,7 +282,7 @@ def pcv_batch_end_to_end(model: Path, cfg: GpuBenchConfig, work: Path) -> dict:
         return {"skipped": "pcv-batch is not installed"}
     data = work / "e2e.jsonl"
     records = _texts(cfg.data, cfg.e2e_records)
-    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in records))
+    _write_input(data, cfg.e2e_records, records)
     out = work / "e2e.out.jsonl"
     t0 = time.perf_counter()
     p = subprocess.run([exe, str(data), "-o", str(out), "--model", str(model), "--provider", cfg.device],

@@ -213,7 +213,8 @@ def build_int8(src: Path, out: Path, cfg: VariantConfig) -> VariantReport:
     base = onnx.load(str(src))
     with tempfile.TemporaryDirectory() as tmp:
         folded_path, tmp_out = Path(tmp) / "folded.onnx", Path(tmp) / "q.onnx"
-        folded = onnx.load(str(src))
+        folded = onnx.ModelProto()
+        folded.CopyFrom(base)  # the source read once
         masks = fold_mask_into_scores(folded)
         save_onnx(folded, folded_path)
         try:

@@ -121,19 +121,24 @@ def test_bench_counts_flops_of_an_onnx_without_its_hf_dir(tmp_path, tiny_dir, re
     assert "FLOPs unknown" in (tmp_path / "b" / "bench.md").read_text()
 
 
-def test_repeats_pair_each_ratio_within_its_round(tmp_path, tiny_dir, reviews):
+def _quick_repeats(tmp_path, tiny_dir, reviews, repeats: int) -> tuple[dict, str]:
+    """pcv-bench --quick --repeats on the CPU over 8 reviews: (bench.json, bench.md)."""
     data = tmp_path / "r.jsonl"
     data.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in reviews[:8]))
     out = tmp_path / "bench"
-    assert main(["--quick", "--repeats", "3", "--model", str(tiny_dir / "model.onnx"), "--data", str(data), "--out", str(out),
-                 "--providers", "cpu"]) == 0
-    res = json.loads((out / "bench.json").read_text())
+    assert main(["--quick", "--repeats", str(repeats), "--model", str(tiny_dir / "model.onnx"), "--data", str(data),
+                 "--out", str(out), "--providers", "cpu"]) == 0
+    return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
+
+
+def test_repeats_pair_each_ratio_within_its_round(tmp_path, tiny_dir, reviews):
+    res, md = _quick_repeats(tmp_path, tiny_dir, reviews, 3)
     e2e, ref = res["runs"][0]["end_to_end"], res["baselines"]["reference"]
     assert len(e2e["rounds_examples_per_s"]) == len(ref["rounds_examples_per_s"]) == 3
     assert e2e["examples_per_s"] == sorted(e2e["rounds_examples_per_s"])[1]
     pairs = sorted(a / b for a, b in zip(e2e["rounds_examples_per_s"], ref["rounds_examples_per_s"]))
     assert e2e["x_vs_reference"] == pytest.approx(pairs[1])
-    assert "medians of 3 interleaved rounds" in (out / "bench.md").read_text()
+    assert "medians of 3 interleaved rounds" in md
 
 
 def test_repeats_go_on_without_the_torch_baselines(tmp_path, tiny_dir, reviews, monkeypatch):
@@ -143,12 +148,7 @@ def test_repeats_go_on_without_the_torch_baselines(tmp_path, tiny_dir, reviews, 
         raise ImportError("no torch here")
 
     monkeypatch.setattr(bench, "baselines", missing)
-    data = tmp_path / "r.jsonl"
-    data.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in reviews[:8]))
-    out = tmp_path / "bench"
-    assert main(["--quick", "--repeats", "2", "--model", str(tiny_dir / "model.onnx"), "--data", str(data), "--out", str(out),
-                 "--providers", "cpu"]) == 0
-    res = json.loads((out / "bench.json").read_text())
+    res, _ = _quick_repeats(tmp_path, tiny_dir, reviews, 2)
     assert "not installed" in res["baselines"]["skipped"]
     e2e = res["runs"][0]["end_to_end"]
     assert len(e2e["rounds_examples_per_s"]) == 2 and e2e["seconds"] == pytest.approx(len(reviews[:8]) / e2e["examples_per_s"])
